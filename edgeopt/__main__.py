@@ -1,0 +1,3 @@
+from edgeopt.cli.main import main
+
+main()
