@@ -18,9 +18,16 @@ class UserError(EdgeoptError):
 
 
 class CheckFailed(EdgeoptError):
-    """A recipe check (latency, size, accuracy gate) failed; nothing is written."""
+    """A recipe check (latency, size, accuracy gate) failed; nothing is written.
+
+    Carries the run's report document so the CLI can still print it.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, doc: dict | None = None):
+        super().__init__(message)
+        self.doc = doc
 
 
 class VerificationError(EdgeoptError):

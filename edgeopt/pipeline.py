@@ -1,0 +1,195 @@
+"""The run pipeline: load -> passes -> verify -> profile -> checks -> write.
+
+Every stage is verified (checker, onnxruntime load, fidelity against the
+previous stage and the input) and profiled on each of the recipe's devices.
+Nothing is written unless every pass verified and every check passed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgeopt import __version__
+from edgeopt.checks import describe_failure, evaluate_checks
+from edgeopt.errors import CheckFailed, UserError, VerificationError
+from edgeopt.graph.io import load_model, save_model
+from edgeopt.graph.shapes import fix_input_shapes, resolve_input_shapes
+from edgeopt.passes import PassContext, get_pass
+from edgeopt.recipe.load import Recipe
+from edgeopt.verify.check import ModelInvalid, check_model
+from edgeopt.verify.fidelity import accuracy, compare, output_scale
+from edgeopt.verify.inputs import Inputs, load_data, random_inputs
+from edgeopt.verify.runtime import make_session, run_batched
+
+LOSSLESS_TOLERANCE = 1e-4  # max abs error relative to the output scale (DESIGN.md)
+
+
+@dataclass
+class RunOptions:
+    output: Path | None = None
+    keep_stages: Path | None = None
+    devices: list[str] | None = None  # overrides the recipe's
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # override the recipe's
+    measure: bool = True
+    log: Callable[[str], None] = lambda message: None
+
+
+@dataclass
+class Stage:
+    """One verified model and what we know of it."""
+
+    model: onnx.ModelProto
+    outputs: list[np.ndarray]
+    record: dict
+
+
+def load_devices(names: list[str]):
+    from edgeopt.devices import load_device
+
+    return [load_device(name) for name in names]
+
+
+def _profile_record(model: onnx.ModelProto, devices, shapes, session, inputs: Inputs, measure: bool) -> dict:
+    from edgeopt.profile import measure_latency, profile_model
+
+    record: dict = {}
+    per_device = {}
+    for i, device in enumerate(devices or [None]):
+        prof = profile_model(model, device, shapes)
+        totals = prof.totals
+        if i == 0:
+            for key in ("macs", "params_count", "weight_bytes", "peak_activation_bytes",
+                        "est_latency_ms", "est_energy_mj"):
+                record[key] = totals.get(key)
+        if device is not None:
+            per_device[device.name] = {"est_latency_ms": totals.get("est_latency_ms"),
+                                       "est_energy_mj": totals.get("est_energy_mj")}
+    record["measured_latency_ms"] = measure_latency(session, inputs.first(1)) if measure else None
+    if per_device:
+        record["devices"] = per_device
+    return record
+
+
+def _verify(model: onnx.ModelProto, label: str, inputs: Inputs):
+    """Checker, ORT load and a run; a failure names `label` and what went wrong."""
+    try:
+        check_model(model)
+    except ModelInvalid as exc:
+        raise VerificationError(f"{label} produced a model that fails the ONNX checker: {exc}") from None
+    try:
+        session = make_session(model)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise VerificationError(f"{label} produced a model that onnxruntime cannot load: {_line(exc)}") from None
+    try:
+        outputs = run_batched(session, model, inputs.feeds)
+    except Exception as exc:
+        raise VerificationError(f"{label} produced a model that fails in onnxruntime: {_line(exc)}") from None
+    return session, outputs
+
+
+def _line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:400]
+
+
+def _fidelity(prev: Stage, first: Stage, outputs, labels) -> dict:
+    vs_prev = compare(prev.outputs, outputs)
+    vs_input = compare(first.outputs, outputs)
+    fid = {k: vs_prev.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
+    fid["accuracy"] = accuracy(outputs, labels)
+    fid["vs_input"] = {k: vs_input.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
+    if "problem" in vs_prev:
+        fid["problem"] = vs_prev["problem"]
+    return fid
+
+
+def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
+    """Run the recipe and return the report document (CONTRACT: JSON output).
+
+    Raises VerificationError (exit 3) or CheckFailed (exit 1, carrying the
+    document) when nothing may be written.
+    """
+    log = options.log
+    output = options.output or recipe.output
+    if output is None:
+        raise UserError(f"{recipe.path}: no output path; add `output:` to the recipe or pass --output")
+    if output.resolve() == recipe.model.resolve():
+        raise UserError(f"{output}: the output would overwrite the input model; choose another output path")
+    devices = load_devices(options.devices or recipe.devices)
+
+    model = load_model(recipe.model)
+    try:
+        check_model(model)
+    except ModelInvalid as exc:
+        raise UserError(f"{recipe.model}: the input model fails the ONNX checker: {exc}") from None
+    shapes = resolve_input_shapes(model, {**recipe.input_shapes, **options.input_shapes})
+    if recipe.input_shapes or options.input_shapes:
+        model = fix_input_shapes(model, {k: v for k, v in shapes.items()
+                                         if k in {**recipe.input_shapes, **options.input_shapes}})
+    inputs = load_data(recipe.data, model) if recipe.data else random_inputs(model, shapes, recipe.seed)
+    log(f"[0/{len(recipe.passes)}] input {recipe.model.name}: verifying on {inputs.batch} samples of {inputs.source}")
+    try:
+        session = make_session(model)
+        outputs = run_batched(session, model, inputs.feeds)
+    except Exception as exc:
+        raise UserError(f"{recipe.model}: onnxruntime cannot run the input model: {_line(exc)}") from None
+    record = {"stage": 0, "pass": "input", "params": {}}
+    record.update(_profile_record(model, devices, shapes, session, inputs, options.measure))
+    record["fidelity"] = {"cosine": 1.0, "max_abs_error": 0.0, "top1_agreement": 1.0,
+                          "accuracy": accuracy(outputs, inputs.labels)}
+    stages = [Stage(model, outputs, record)]
+
+    ctx = PassContext(data=inputs.feeds if recipe.data else None, labels=inputs.labels,
+                      input_shapes=shapes, device=devices[0] if devices else None, seed=recipe.seed)
+    for spec in recipe.passes:
+        cls = get_pass(spec.name)
+        label = f"pass {spec.name} (passes[{spec.index}])"
+        started = time.perf_counter()
+        result = cls().apply(stages[-1].model, spec.params, ctx)
+        seconds = time.perf_counter() - started
+        session, outputs = _verify(result.model, label, inputs)
+        fid = _fidelity(stages[-1], stages[0], outputs, inputs.labels)
+        if fid.get("problem"):
+            raise VerificationError(f"{label}: {fid['problem']}")
+        if cls.lossless:
+            limit = LOSSLESS_TOLERANCE * output_scale(stages[-1].outputs)
+            if fid["max_abs_error"] > limit:
+                raise VerificationError(
+                    f"{label} is lossless but its outputs diverged: max abs error "
+                    f"{fid['max_abs_error']:.3g} > {limit:.3g} (1e-4 of the output scale)")
+        record = {"stage": len(stages), "pass": spec.name, "params": spec.raw_params}
+        record.update(_profile_record(result.model, devices, shapes, session, inputs, options.measure))
+        record["fidelity"] = fid
+        record["summary"] = result.summary
+        record["seconds"] = round(seconds, 3)
+        record["notes"] = [note.as_dict() for note in result.notes]
+        stages.append(Stage(result.model, outputs, record))
+        log(f"[{len(stages) - 1}/{len(recipe.passes)}] {spec.name}: {result.summary or 'done'} ({seconds:.2f} s)")
+
+    checks = evaluate_checks(recipe.checks, [s.record for s in stages])
+    doc = {
+        "edgeopt_version": __version__,
+        "recipe": str(recipe.path) if recipe.path else None,
+        "model": str(recipe.model),
+        "output": str(output),
+        "device": [d.name for d in devices] if len(devices) > 1 else (devices[0].name if devices else None),
+        "data": inputs.source,
+        "ok": all(c["ok"] for c in checks),
+        "stages": [s.record for s in stages],
+        "checks": checks,
+    }
+    if not doc["ok"]:
+        failed = [c for c in checks if not c["ok"]]
+        raise CheckFailed("; ".join(describe_failure(c) for c in failed) + "; nothing was written", doc)
+    if options.keep_stages:
+        for stage in stages:
+            name = f"{stage.record['stage']:02d}_{stage.record['pass']}.onnx"
+            save_model(stage.model, options.keep_stages / name)
+    save_model(stages[-1].model, output)
+    log(f"wrote {output}")
+    return doc

@@ -1,0 +1,194 @@
+"""YAML recipe -> validated Recipe. Every error names the file and the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeopt.checks import CHECKS
+from edgeopt.errors import UserError
+from edgeopt.passes import all_passes
+from edgeopt.recipe.values import ValueProblem, build_params, coerce, did_you_mean
+
+TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "passes", "checks", "seed")
+
+
+@dataclass
+class PassSpec:
+    index: int
+    name: str
+    params: Any  # the pass's Params dataclass instance
+    raw_params: dict  # as written (after --set), for reports
+
+
+@dataclass
+class Recipe:
+    path: Path | None
+    model: Path
+    output: Path | None
+    devices: list[str]
+    input_shapes: dict[str, list[int]]
+    data: Path | None
+    passes: list[PassSpec]
+    checks: dict[str, float]
+    seed: int = 0
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise UserError(f"{path}: recipe file not found; check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the recipe ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{where}: {problem}; fix the syntax") from None
+
+
+def apply_overrides(doc: dict, overrides: list[str], where: str) -> dict:
+    """`--set passes.2.ratio=0.5`: set a value anywhere in the recipe before validation."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. passes.2.ratio=0.5")
+        value = yaml.safe_load(text) if text else ""
+        parts = key.split(".")
+        node: Any = doc
+        for depth, part in enumerate(parts[:-1]):
+            node = _step(node, part, parts, depth, item)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, item)] = value
+        else:
+            node[last] = value
+    return doc
+
+
+def _index(node: list, part: str, item: str) -> int:
+    try:
+        i = int(part)
+        node[i]
+        return i
+    except (ValueError, IndexError):
+        raise UserError(f"--set {item!r}: {part!r} is not an index of a list of {len(node)}") from None
+
+
+def _step(node: Any, part: str, parts: list[str], depth: int, item: str) -> Any:
+    if isinstance(node, list):
+        i = _index(node, part, item)
+        if parts[0] == "passes" and depth == 1:
+            # passes.2.ratio reaches into the pass's parameters; passes.2.prune_channels.ratio too.
+            entry = node[i]
+            if isinstance(entry, str):
+                entry = node[i] = {entry: {}}
+            if isinstance(entry, dict) and len(entry) == 1:
+                name = next(iter(entry))
+                if entry[name] is None:
+                    entry[name] = {}
+                nxt = parts[depth + 1] if depth + 1 < len(parts) else None
+                return entry if nxt == name else entry[name]
+        return node[i]
+    if not isinstance(node, dict):
+        raise UserError(f"--set {item!r}: {part!r} is not inside a mapping")
+    return node.setdefault(part, {})
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    doc = read_yaml(path)
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}; "
+                        f"got {type(doc).__name__}")
+    doc = apply_overrides(doc, list(overrides or []), str(path))
+    return parse_recipe(doc, path)
+
+
+def parse_recipe(doc: dict, path: Path) -> Recipe:
+    base = path.parent
+    where = str(path)
+    for key in doc:
+        if key not in TOP_LEVEL_KEYS:
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)} "
+                            f"(keys: {', '.join(TOP_LEVEL_KEYS)})")
+    if "model" not in doc:
+        raise UserError(f"{where}: missing 'model:' (the path of the .onnx model to optimize)")
+    model = _path(doc["model"], base, f"{where}: model")
+    output = _path(doc["output"], base, f"{where}: output") if doc.get("output") is not None else None
+    data = _path(doc["data"], base, f"{where}: data") if doc.get("data") is not None else None
+    devices = _field(doc, "device", str | list[str], where) or []
+    input_shapes = _field(doc, "input_shapes", dict[str, list[int]], where) or {}
+    for name, dims in input_shapes.items():
+        if not dims or any(d <= 0 for d in dims):
+            raise UserError(f"{where}: input_shapes.{name}: dims must be positive integers, got {dims}")
+    seed = _field(doc, "seed", int, where) or 0
+    checks = _parse_checks(doc.get("checks"), where)
+    passes = _parse_passes(doc.get("passes"), where)
+    return Recipe(path=path, model=model, output=output, devices=list(devices) if isinstance(devices, list) else [devices],
+                  input_shapes=input_shapes, data=data, passes=passes, checks=checks, seed=seed)
+
+
+def _field(doc: dict, key: str, hint: Any, where: str) -> Any:
+    if doc.get(key) is None:
+        return None
+    try:
+        return coerce(doc[key], hint)
+    except ValueProblem as exc:
+        raise UserError(f"{where}: {key}{exc.where}: {exc.message}") from None
+
+
+def _path(value: Any, base: Path, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{where}: must be a path string, got {value!r}")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _parse_checks(raw: Any, where: str) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: checks: expected a mapping like {{min_cosine: 0.99}}, got {raw!r}")
+    out = {}
+    for name, limit in raw.items():
+        if name not in CHECKS:
+            raise UserError(f"{where}: checks.{name}: unknown check{did_you_mean(name, CHECKS)} "
+                            f"(checks: {', '.join(CHECKS)})")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+            raise UserError(f"{where}: checks.{name}: must be a number, got {limit!r}")
+        out[name] = float(limit)
+    return out
+
+
+def _parse_passes(raw: Any, where: str) -> list[PassSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise UserError(f"{where}: passes: expected a list of passes (- fold_batchnorm), got {type(raw).__name__}")
+    registry = all_passes()
+    specs = []
+    for i, entry in enumerate(raw):
+        loc = f"{where}: passes[{i}]"
+        if isinstance(entry, str):
+            name, params = entry, {}
+        elif isinstance(entry, dict) and len(entry) == 1:
+            name, params = next(iter(entry.items()))
+        else:
+            raise UserError(f"{loc}: expected a pass name or {{name: {{parameters}}}}, got {entry!r}")
+        if name not in registry:
+            raise UserError(f"{loc}: unknown pass {name!r}{did_you_mean(name, registry)} "
+                            "(list them with `edgeopt passes`)")
+        params = params if params is not None else {}
+        spec_params = build_params(registry[name].Params, params, f"{loc}.{name}")
+        specs.append(PassSpec(index=i, name=name, params=spec_params,
+                              raw_params=dict(params) if isinstance(params, dict) else {}))
+    return specs

@@ -1,0 +1,37 @@
+"""onnxruntime sessions and batched runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgeopt.graph.shapes import graph_inputs
+
+
+def make_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A CPU session for an in-memory model. Raises onnxruntime's own errors; callers word them."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT warnings would clutter stderr
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _static_batch(model: onnx.ModelProto) -> int | None:
+    for vi in graph_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value
+    return None
+
+
+def run_batched(session: ort.InferenceSession, model: onnx.ModelProto,
+                feeds: dict[str, np.ndarray], chunk: int = 256) -> list[np.ndarray]:
+    """Run all samples; in chunks of the model's static batch if it has one."""
+    batch = len(next(iter(feeds.values())))
+    step = _static_batch(model) or chunk
+    if batch <= step and _static_batch(model) in (None, batch):
+        return session.run(None, feeds)
+    if batch % step:
+        raise ValueError(f"the model's batch is fixed at {step} but the data has {batch} samples")
+    parts = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, batch, step)]
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
