@@ -25,8 +25,9 @@ class ValueProblem(Exception):
 
 
 def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def type_name(hint: Any) -> str:
@@ -36,7 +37,9 @@ def type_name(hint: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(hint) if a is not type(None))
     if origin is list:
-        return f"a list of {type_name(typing.get_args(hint)[0])}"
+        item = typing.get_args(hint)[0]
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "true/false values"}
+        return f"a list of {plural.get(item, type_name(item))}"
     if origin is dict:
         return f"a mapping of name to {type_name(typing.get_args(hint)[1])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
