@@ -1,0 +1,121 @@
+"""Constant-only decode subgraphs that turn stored low-bit weights back into float32.
+
+Everything built here reads only initializers, so the profiler can count it
+as weight storage and onnxruntime runs it with no custom op:
+
+- uniform:  int8/uint8/int4/uint4 -> DequantizeLinear [-> Cast] [-> Reshape]
+- codebook: uint8/uint4 indices -> Cast -> Gather / GatherElements [-> Reshape]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeopt.quant.pack import pack_int4
+from edgeopt.quant.qparams import QParams
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def add_const(graph: ir.Graph, base: str, tensor_or_array) -> ir.Value:
+    """Register an initializer (a numpy array, or an ir tensor such as a PackedTensor) under a fresh name."""
+    name = unique_name(graph, base)
+    if isinstance(tensor_or_array, np.ndarray):
+        tensor = ir.tensor(np.ascontiguousarray(tensor_or_array), name=name)
+    else:
+        tensor = tensor_or_array
+        tensor.name = name
+    value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(tensor.shape),
+                     type=ir.TensorType(tensor.dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def int_tensor(values: np.ndarray, bits: int, signed: bool) -> ir.TensorProtocol:
+    """Integers (already in range) as the ONNX storage type: INT4/UINT4 packed two per byte, or int8/uint8."""
+    values = np.asarray(values)
+    if bits == 4:
+        dtype = ir.DataType.INT4 if signed else ir.DataType.UINT4
+        return ir.PackedTensor(pack_int4(values), dtype, shape=values.shape)
+    if bits == 8:
+        return ir.tensor(values.astype(np.int8 if signed else np.uint8))
+    raise ValueError(f"no ONNX storage type for {bits}-bit integers")
+
+
+def tensor_bytes(tensor) -> int:
+    """Bytes an initializer takes on disk / in DRAM (4-bit packed = ceil(n/2))."""
+    if isinstance(tensor, np.ndarray):
+        return int(tensor.nbytes)
+    return int(tensor.nbytes)
+
+
+def _node(graph: ir.Graph, op: str, inputs, base: str, **attrs) -> ir.Value:
+    node = ir.node(op, inputs=inputs, attributes=attrs or None, name=unique_name(graph, base))
+    node.outputs[0].name = unique_name(graph, f"{base}_out")
+    graph.append(node)
+    return node.outputs[0]
+
+
+def dequantize_subgraph(graph: ir.Graph, base: str, q: np.ndarray, qp: QParams,
+                        out_shape: tuple[int, ...]) -> tuple[ir.Value, int]:
+    """DequantizeLinear of stored integers q (in qp's layout), reshaped to out_shape if needed.
+
+    Returns the float32 output value and the bytes stored (integers + scales + zero points).
+    """
+    stored = int_tensor(q, qp.bits, qp.signed)
+    q_val = add_const(graph, f"{base}_quantized", stored)
+    scale = np.asarray(qp.scale)
+    s_val = add_const(graph, f"{base}_scale", scale)
+    inputs = [q_val, s_val]
+    nbytes = tensor_bytes(stored) + int(scale.nbytes)
+    if not qp.signed:
+        zp = int_tensor(np.asarray(qp.zero_point), qp.bits, False)
+        inputs.append(add_const(graph, f"{base}_zero_point", zp))
+        nbytes += tensor_bytes(zp)
+    attrs = {}
+    if qp.axis is not None:
+        attrs["axis"] = int(qp.axis)
+    if qp.block_size is not None:
+        attrs["block_size"] = int(qp.block_size)
+    out = _node(graph, "DequantizeLinear", inputs, f"{base}_DequantizeLinear", **attrs)
+    if scale.dtype != np.float32:
+        out = _node(graph, "Cast", [out], f"{base}_Cast", to=ir.DataType.FLOAT)
+    if tuple(q.shape) != tuple(out_shape):
+        shape = add_const(graph, f"{base}_shape", np.asarray(out_shape, dtype=np.int64))
+        out = _node(graph, "Reshape", [out, shape], f"{base}_Reshape")
+    out.shape = ir.Shape(out_shape)
+    out.type = ir.TensorType(ir.DataType.FLOAT)
+    return out, nbytes
+
+
+def codebook_subgraph(graph: ir.Graph, base: str, indices: np.ndarray, codebook: np.ndarray, bits: int,
+                      gather_axis: int | None, out_shape: tuple[int, ...]) -> tuple[ir.Value, int]:
+    """Look stored indices up in a float32 codebook.
+
+    Per tensor (gather_axis None): codebook [K], Gather(codebook, indices).
+    Per channel: codebook and indices of the same rank, GatherElements on gather_axis.
+    Indices of <= 4 bits are stored packed as UINT4, else as uint8.
+    """
+    store_bits = 4 if bits <= 4 else 8
+    stored = int_tensor(indices, store_bits, False)
+    i_val = add_const(graph, f"{base}_indices", stored)
+    c_val = add_const(graph, f"{base}_codebook", codebook.astype(np.float32))
+    nbytes = tensor_bytes(stored) + int(codebook.astype(np.float32).nbytes)
+    idx = _node(graph, "Cast", [i_val], f"{base}_Cast", to=ir.DataType.INT32)
+    if gather_axis is None:
+        out = _node(graph, "Gather", [c_val, idx], f"{base}_Gather", axis=0)
+    else:
+        out = _node(graph, "GatherElements", [c_val, idx], f"{base}_GatherElements", axis=int(gather_axis))
+    if tuple(indices.shape) != tuple(out_shape):
+        shape = add_const(graph, f"{base}_shape", np.asarray(out_shape, dtype=np.int64))
+        out = _node(graph, "Reshape", [out, shape], f"{base}_Reshape")
+    out.shape = ir.Shape(out_shape)
+    out.type = ir.TensorType(ir.DataType.FLOAT)
+    return out, nbytes

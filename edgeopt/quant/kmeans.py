@@ -1,0 +1,59 @@
+"""1-D k-means (Lloyd) for weight sharing: deterministic, exact assignment by sorted boundaries.
+
+In one dimension the nearest centroid of x is found by binary search among
+the midpoints of the sorted centroids, so each iteration is O(n log k).
+Two initialisations are tried and the one with the lower squared error kept:
+linear over [min, max] (Deep Compression's choice: it keeps the rare large
+weights that matter most) and quantiles (density-following).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    mids = (centroids[1:] + centroids[:-1]) / 2
+    return np.searchsorted(mids, x)
+
+
+def _lloyd(x: np.ndarray, centroids: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray, float]:
+    k = centroids.size
+    for _ in range(iters):
+        labels = _assign(x, centroids)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.bincount(labels, weights=x, minlength=k)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        new = np.sort(new)
+        if np.allclose(new, centroids, rtol=0, atol=1e-12):
+            centroids = new
+            break
+        centroids = new
+    labels = _assign(x, centroids)
+    sse = float(np.sum((x - centroids[labels]) ** 2))
+    return centroids, labels, sse
+
+
+def kmeans_1d(values: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster values into at most k centroids.
+
+    Returns (centroids float32 [k], indices int32 in values' shape) with
+    values ~= centroids[indices]. Unused centroids (fewer distinct values
+    than k) repeat the last one, so the codebook always has k entries.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    x = values.reshape(-1)
+    distinct = np.unique(x)
+    if distinct.size <= k:
+        centroids = np.concatenate([distinct, np.full(k - distinct.size, distinct[-1] if distinct.size else 0.0)])
+        labels = np.searchsorted(distinct, x) if distinct.size else np.zeros(0, np.int64)
+        return centroids.astype(np.float32), labels.reshape(values.shape).astype(np.int32)
+    lo, hi = float(x.min()), float(x.max())
+    starts = [np.linspace(lo, hi, k), np.quantile(x, (np.arange(k) + 0.5) / k)]
+    best = None
+    for init in starts:
+        result = _lloyd(x, np.sort(init), iters)
+        if best is None or result[2] < best[2]:
+            best = result
+    centroids, labels, _ = best
+    return centroids.astype(np.float32), labels.reshape(values.shape).astype(np.int32)

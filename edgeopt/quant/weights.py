@@ -1,0 +1,132 @@
+"""Finding the weight tensors a quantization pass may replace, and why others are skipped.
+
+For each supported op the table says which input holds the weight, which
+axis is the output channel (per-channel scales / codebooks) and which axis
+is the reduction axis that blocks run along (block-wise scales).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeopt.graph.edit import const_array
+from edgeopt.passes.base import NodeNote
+from edgeopt.quant.select import excluded, node_label
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
+
+
+@dataclass
+class WeightSlot:
+    """One weight tensor and the nodes that read it."""
+
+    value: ir.Value
+    array: np.ndarray
+    nodes: list[ir.Node]
+    channel_axis: int  # output channels (per-channel granularity)
+    block_axis: int  # the reduction axis blocks run along, in block_shape
+    block_shape: tuple[int, ...]  # the layout block-wise storage uses (Conv: [O, I*kh*kw])
+
+    @property
+    def name(self) -> str:
+        return self.value.name or "?"
+
+
+def _role(node: ir.Node) -> tuple[int, int, int, bool] | str:
+    """(input index, channel axis, block axis, flatten-to-2D) or why the node has no quantizable weight."""
+    op = node.op_type
+    if op == "Conv":
+        return 1, 0, 1, True
+    if op == "ConvTranspose":
+        return 1, 1, 0, False
+    if op == "Gemm":
+        trans_b = node.attributes.get_int("transB", 0)
+        return (1, 0, 1, False) if trans_b else (1, 1, 0, False)
+    if op == "MatMul":
+        if const_array(node.inputs[1]) is not None:
+            return 1, -1, -2, False
+        if const_array(node.inputs[0]) is not None:
+            return 0, -2, -1, False
+        return "neither MatMul input is a constant"
+    if op == "Gather":
+        return 0, 0, 1, False
+    return f"{op} has no weight this pass handles"
+
+
+def find_weights(graph: ir.Graph, op_types: list[str], exclude: list[str],
+                 min_elements: int) -> tuple[list[WeightSlot], list[NodeNote]]:
+    """The weights to quantize (one slot per tensor, however many nodes read it) and the skip notes."""
+    notes: list[NodeNote] = []
+    slots: dict[int, WeightSlot] = {}
+    order: list[int] = []
+    for node in graph:
+        if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        name = node_label(node)
+        if node.op_type not in op_types:
+            notes.append(NodeNote(name, node.op_type, "skipped", f"{node.op_type} is not in op_types"))
+            continue
+        pattern = excluded(name, node.op_type, exclude)
+        if pattern:
+            notes.append(NodeNote(name, node.op_type, "skipped", f"excluded by {pattern!r}"))
+            continue
+        role = _role(node)
+        if isinstance(role, str):
+            notes.append(NodeNote(name, node.op_type, "skipped", role))
+            continue
+        index, channel_axis, block_axis, flatten = role
+        value = node.inputs[index] if index < len(node.inputs) else None
+        array = const_array(value)
+        if value is None or array is None:
+            notes.append(NodeNote(name, node.op_type, "skipped", "W is not a constant initializer"))
+            continue
+        if value.is_graph_input():
+            notes.append(NodeNote(name, node.op_type, "skipped", "W is also a graph input and may be fed at run time"))
+            continue
+        if array.dtype != np.float32:
+            notes.append(NodeNote(name, node.op_type, "skipped", f"W is {array.dtype}, only float32 weights are quantized"))
+            continue
+        if array.ndim == 0:
+            notes.append(NodeNote(name, node.op_type, "skipped", "W is a scalar"))
+            continue
+        if array.size < min_elements:
+            notes.append(NodeNote(name, node.op_type, "skipped",
+                                  f"W has {array.size} elements < min_elements {min_elements}; small tensors stay float",
+                                  {"elements": int(array.size)}))
+            continue
+        key = id(value)
+        if key not in slots:
+            shape = (array.shape[0], int(np.prod(array.shape[1:]))) if flatten and array.ndim > 2 else array.shape
+            ch = channel_axis % array.ndim
+            blk = block_axis % len(shape) if len(shape) > 1 else 0
+            slots[key] = WeightSlot(value, array, [], ch, blk, tuple(int(d) for d in shape))
+            order.append(key)
+        slots[key].nodes.append(node)
+    result = []
+    for key in order:
+        slot = slots[key]
+        readers = [use.node for use in slot.value.uses()]
+        others = [n for n in readers if all(n is not m for m in slot.nodes)]
+        if others or slot.value.is_graph_output():
+            who = f"{node_label(others[0])} ({others[0].op_type})" if others else "a graph output"
+            for node in slot.nodes:
+                notes.append(NodeNote(node_label(node), node.op_type, "skipped",
+                                      f"W is also read by {who}, which is not quantized"))
+            continue
+        result.append(slot)
+    return result, notes
+
+
+def float_bias_bytes(graph: ir.Graph) -> tuple[int, int]:
+    """(count, bytes) of the float biases of Conv / ConvTranspose / Gemm, which stay float."""
+    count = nbytes = 0
+    for node in graph:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2:
+            array = const_array(node.inputs[2])
+            if array is not None:
+                count += 1
+                nbytes += int(array.nbytes)
+    return count, nbytes
