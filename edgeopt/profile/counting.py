@@ -1,0 +1,177 @@
+"""Per-node arithmetic from shapes: MACs for Conv / ConvTranspose / Gemm / MatMul, ops for the rest.
+
+Conventions (all hand-checkable, see tests/test_profile_counting.py):
+
+- `macs` counts multiply-accumulates of the MAC layers only; a bias add is
+  not a MAC. `ops` counts arithmetic operations: 2 per MAC plus one per bias
+  element for MAC layers, and for other layers one per output element per
+  elementary operation (a transcendental counts as several, see _UNARY).
+- Conv: N x Cout x prod(out spatial) x (Cin / group) x prod(kernel); strides,
+  padding and dilation enter through the inferred output shape.
+- ConvTranspose: N x Cin x prod(in spatial) x (Cout / group) x prod(kernel).
+- Gemm: M x N x K. MatMul (batched, broadcast): prod(output) x K.
+- Pooling: prod(output) x prod(kernel); global pooling: prod(input).
+- Data movement (Transpose, Concat, Slice, ...) has 0 ops but moves bytes;
+  views (Reshape, Flatten, Squeeze, ...) move nothing.
+
+An operator not listed here is `counted=False` (reported in the coverage),
+never silently 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx
+
+from edgeopt.profile.graphinfo import TensorInfo
+
+# op classes, which are also the keys of device efficiency factors (plus data / view / qdq)
+CONV, DEPTHWISE, GEMM, ELEMENTWISE = "conv", "depthwise", "gemm", "elementwise"
+DATA, VIEW, QDQ = "data", "view", "qdq"
+MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv",
+           "QLinearMatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
+
+_BINARY = {"Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Pow": 4, "Max": 1, "Min": 1, "Mean": 1, "Sum": 1,
+           "Equal": 1, "Greater": 1, "Less": 1, "GreaterOrEqual": 1, "LessOrEqual": 1, "And": 1, "Or": 1,
+           "Xor": 1, "Mod": 1, "PRelu": 2, "Where": 1, "BitShift": 1, "BitwiseAnd": 1, "BitwiseOr": 1,
+           "BitwiseXor": 1}
+_UNARY = {"Relu": 1, "LeakyRelu": 2, "Clip": 2, "Abs": 1, "Neg": 1, "Sign": 1, "Floor": 1, "Ceil": 1,
+          "Round": 1, "Not": 1, "Reciprocal": 1, "Sqrt": 1, "Exp": 4, "Log": 4, "Sigmoid": 4, "Tanh": 4,
+          "HardSigmoid": 3, "HardSwish": 4, "Elu": 4, "Selu": 4, "Celu": 4, "Softplus": 4, "Softsign": 3,
+          "Erf": 4, "Gelu": 8, "Mish": 8, "Sin": 4, "Cos": 4, "Tan": 4, "Asin": 4, "Acos": 4, "Atan": 4,
+          "Sinh": 4, "Cosh": 4, "Asinh": 4, "Acosh": 4, "Atanh": 4, "IsNaN": 1, "IsInf": 1, "Shrink": 2,
+          "ThresholdedRelu": 1, "BitwiseNot": 1, "Swish": 5, "QuickGelu": 5}
+_NORM = {"BatchNormalization": 2, "InstanceNormalization": 5, "LayerNormalization": 5,
+         "GroupNormalization": 5, "MeanVarianceNormalization": 5, "LpNormalization": 3,
+         "SimplifiedLayerNormalization": 4, "SkipLayerNormalization": 6}
+_SOFTMAX = {"Softmax": 5, "LogSoftmax": 5, "Hardmax": 1}
+_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "CumSum"}
+_POOL = {"MaxPool", "AveragePool", "LpPool"}
+_GLOBAL_POOL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+_DATA = {"Transpose", "Concat", "Split", "Slice", "Pad", "Gather", "GatherElements", "GatherND", "Tile",
+         "Expand", "DepthToSpace", "SpaceToDepth", "Cast", "CastLike", "ConstantOfShape", "ScatterND",
+         "ScatterElements", "Compress", "ReverseSequence", "OneHot", "Trilu", "TopK", "NonZero", "Range",
+         "EyeLike", "Upsample", "Resize"}
+_VIEW = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Constant",
+         "Optional", "OptionalGetElement"}
+_QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+@dataclass
+class Count:
+    op_class: str
+    macs: int | None = 0
+    ops: int | None = 0
+    counted: bool = True
+    reason: str = ""
+    weight_input: int | None = None  # index of the main weight input (MAC layers)
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _unknown(reason: str, op_class: str = ELEMENTWISE) -> Count:
+    return Count(op_class, None, None, counted=False, reason=reason)
+
+
+def _shape(t: TensorInfo | None) -> list[int] | None:
+    return None if t is None else t.shape
+
+
+def count_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[TensorInfo | None]) -> Count:
+    """MACs and ops of one node from its input / output tensor infos."""
+    op = node.op_type
+    out0 = outs[0] if outs else None
+    out_shape = _shape(out0)
+    out_numel = out0.numel if out0 is not None else None
+
+    if op in ("Conv", "ConvInteger", "QLinearConv", "FusedConv"):
+        w_idx = 3 if op == "QLinearConv" else 1
+        w = _shape(ins[w_idx]) if len(ins) > w_idx else None
+        x = _shape(ins[0]) if ins else None
+        if w is None or out_shape is None or x is None:
+            return _unknown("shape unknown", CONV)
+        group = int(_attr(node, "group", 1))
+        cin_per_group = w[1]
+        macs = out_numel * cin_per_group * math.prod(w[2:])
+        has_bias = len(ins) > (8 if op == "QLinearConv" else 2) and ins[-1] is not None
+        ops = 2 * macs + (out_numel if has_bias else 0)
+        cls = DEPTHWISE if group > 1 and cin_per_group == 1 else CONV
+        return Count(cls, macs, ops, weight_input=w_idx)
+
+    if op == "ConvTranspose":
+        w, x = (_shape(ins[1]) if len(ins) > 1 else None), (_shape(ins[0]) if ins else None)
+        if w is None or x is None or out_shape is None:
+            return _unknown("shape unknown", CONV)
+        group = int(_attr(node, "group", 1))
+        macs = math.prod(x) * w[1] * math.prod(w[2:])  # N*Cin*in_spatial * Cout/group * kernel
+        has_bias = len(ins) > 2 and ins[2] is not None
+        ops = 2 * macs + (out_numel if has_bias else 0)
+        cls = DEPTHWISE if group > 1 and w[1] == 1 else CONV
+        return Count(cls, macs, ops, weight_input=1)
+
+    if op in ("Gemm", "FusedGemm"):
+        a = _shape(ins[0]) if ins else None
+        if a is None or out_shape is None or len(a) != 2:
+            return _unknown("shape unknown", GEMM)
+        k = a[0] if _attr(node, "transA", 0) else a[1]
+        macs = out_numel * k
+        has_bias = len(ins) > 2 and ins[2] is not None
+        return Count(GEMM, macs, 2 * macs + (out_numel if has_bias else 0), weight_input=1)
+
+    if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul"):
+        a_idx = 0
+        a = _shape(ins[a_idx]) if ins else None
+        if a is None or out_shape is None:
+            return _unknown("shape unknown", GEMM)
+        k = a[-1]
+        macs = out_numel * k
+        return Count(GEMM, macs, 2 * macs, weight_input=3 if op == "QLinearMatMul" else 1)
+
+    if op in _POOL:
+        kernel = _attr(node, "kernel_shape")
+        if out_numel is None or not kernel:
+            return _unknown("shape unknown")
+        return Count(ELEMENTWISE, 0, out_numel * math.prod(kernel))
+    if op in _GLOBAL_POOL:
+        x = ins[0] if ins else None
+        if x is None or x.numel is None:
+            return _unknown("shape unknown")
+        return Count(ELEMENTWISE, 0, x.numel)
+    if op in _REDUCE:
+        x = ins[0] if ins else None
+        if x is None or x.numel is None:
+            return _unknown("shape unknown")
+        return Count(ELEMENTWISE, 0, x.numel)
+    for table in (_BINARY, _UNARY, _NORM, _SOFTMAX):
+        if op in table:
+            if out_numel is None:
+                return _unknown("shape unknown")
+            return Count(ELEMENTWISE, 0, out_numel * table[op])
+    if op == "LRN":
+        if out_numel is None:
+            return _unknown("shape unknown")
+        return Count(ELEMENTWISE, 0, out_numel * (int(_attr(node, "size", 1)) + 3))
+    if op in _QDQ:
+        if out_numel is None:
+            return _unknown("shape unknown", QDQ)
+        return Count(QDQ, 0, 2 * out_numel)
+    if op in _DATA:
+        if op in ("Resize", "Upsample"):
+            mode = _attr(node, "mode", b"nearest")
+            mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+            per = {"linear": 4, "cubic": 8}.get(mode, 0)
+            if out_numel is None:
+                return _unknown("shape unknown", DATA)
+            return Count(DATA if per == 0 else ELEMENTWISE, 0, out_numel * per)
+        return Count(DATA, 0, 0)
+    if op in _VIEW:
+        return Count(VIEW, 0, 0)
+    return _unknown(f"operator {op} is not known to the counter")

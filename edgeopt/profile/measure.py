@@ -1,0 +1,77 @@
+"""Measured latency with onnxruntime on this machine: median of a time-budgeted series of runs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import onnx
+
+from edgeopt.errors import UserError
+
+
+def make_session(model: onnx.ModelProto, threads: int | None = None):
+    """An onnxruntime CPU session for a model (full graph optimizations, as a deployment would use)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise UserError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def random_feeds(session, input_shapes: dict[str, list[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs with the given shapes, typed like the session's inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = input_shapes.get(inp.name) or [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        kind = inp.type
+        if "float16" in kind:
+            feeds[inp.name] = rng.standard_normal(shape).astype(np.float16)
+        elif "float" in kind or "double" in kind:
+            feeds[inp.name] = rng.standard_normal(shape).astype(np.float64 if "double" in kind else np.float32)
+        elif "int64" in kind:
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(np.int64)
+        elif "int32" in kind:
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(np.int32)
+        elif "uint8" in kind:
+            feeds[inp.name] = rng.integers(0, 255, size=shape).astype(np.uint8)
+        elif "int8" in kind:
+            feeds[inp.name] = rng.integers(-127, 127, size=shape).astype(np.int8)
+        elif "bool" in kind:
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise UserError(f"input {inp.name!r}: cannot make test data of type {kind}")
+    return feeds
+
+
+def measure_latency(model, feeds: dict[str, np.ndarray], warmup: int = 2, min_runs: int = 5,
+                    max_seconds: float = 1.0, max_runs: int = 2000) -> float:
+    """Median wall-clock latency in ms of `model` (ModelProto or InferenceSession) on `feeds`.
+
+    Time-budgeted: after `warmup` runs (at least), it runs until `min_runs` are done and
+    `max_seconds` have passed, or `max_runs` are done. A ResNet-50 on 2 cores takes ~1-2 s;
+    a tiny model gets hundreds of runs in the same budget.
+    """
+    session = make_session(model) if isinstance(model, onnx.ModelProto) else model
+    run = session.run
+    start = time.perf_counter()
+    for i in range(max(warmup, 1)):
+        run(None, feeds)
+        if i + 1 >= warmup and time.perf_counter() - start > max_seconds / 4:
+            break
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_runs:
+        t0 = time.perf_counter()
+        run(None, feeds)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_runs and time.perf_counter() - start >= max_seconds:
+            break
+    return statistics.median(times) * 1e3

@@ -1,0 +1,234 @@
+"""profile_model: counting + weights + fusion + liveness + roofline, one pass over the graph."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import onnx
+
+from edgeopt.devices import Device
+from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, layer_cost
+from edgeopt.profile.counting import VIEW, count_node
+from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
+from edgeopt.profile.memory import act_inputs, decide_fusion, liveness
+from edgeopt.profile.weights import WeightTable
+
+CONTRACT_TOTALS = ("macs", "params_count", "weight_bytes", "peak_activation_bytes", "est_latency_ms",
+                   "est_energy_mj")
+CONTRACT_LAYER = ("name", "op_type", "macs", "params_count", "weight_bytes", "output_bytes",
+                  "arithmetic_intensity", "est_latency_ms", "bound")
+
+
+@dataclass
+class Profile:
+    device: str | None
+    totals: dict
+    layers: list[dict]
+    input_shapes: dict = field(default_factory=dict)
+
+    def to_dict(self, model: str | None = None) -> dict:
+        """The `profile --format json` document (DESIGN.md CONTRACT)."""
+        return {"model": model, "device": self.device, "totals": self.totals, "layers": self.layers}
+
+    def top_layers(self, n: int | None = None) -> list[dict]:
+        """Most expensive layers first (estimated latency, else ops)."""
+        key = "est_latency_ms" if self.device else "ops"
+        ranked = sorted(self.layers, key=lambda l: (l.get(key) is None, -(l.get(key) or 0)))
+        return ranked if n is None else ranked[:n]
+
+
+def _act_precision(info: GraphInfo, name: str) -> str | None:
+    """Precision of an activation; the int8 buffer behind a DequantizeLinear counts as int8."""
+    idx = info.producer.get(name)
+    if idx is not None and info.nodes[idx].op_type == "DequantizeLinear":
+        src = info.info(info.nodes[idx].input[0])
+        if src is not None and precision_of(src.elem_type) in ("int8", "int4"):
+            return precision_of(src.elem_type)
+    t = info.info(name)
+    return precision_of(t.elem_type) if t is not None else None
+
+
+def _act_item(info: GraphInfo, name: str, alias: dict) -> ActItem:
+    real = name
+    while real in alias:
+        real = alias[real]
+    t = info.info(real)
+    precision = _act_precision(info, name) if real == name else precision_of(t.elem_type if t else None)
+    if t is None or t.numel is None:
+        return ActItem(None, precision, None)
+    return ActItem(t.numel, precision, t.nbytes)
+
+
+def _name(node: onnx.NodeProto, idx: int) -> str:
+    return node.name or f"{node.op_type}_{idx}"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def profile_model(model: onnx.ModelProto, device: Device | None = None,
+                  input_shapes: dict[str, list[int]] | None = None) -> Profile:
+    """Per-layer and total cost of `model` on `device` (None: counting and memory only).
+
+    The model is not modified; shape inference runs once on a shallow copy.
+    """
+    info = analyze(model, input_shapes)
+    order = [i for i in range(len(info.nodes)) if i not in info.const_nodes]
+    counts = {}
+    for idx in order:
+        node = info.nodes[idx]
+        ins = [info.info(i) if i else None for i in node.input]
+        outs = [info.info(o) if o else None for o in node.output]
+        counts[idx] = count_node(node, ins, outs)
+
+    table = WeightTable(info)
+    weights = {idx: table.layer_weights(idx, [i for i in info.nodes[idx].input if i and i in info.const])
+               for idx in order}
+    sparse_ok = bool(device and device.supports_sparse)
+    fusion = decide_fusion(info, order, counts, device.fuses if device else ())
+    live = liveness(info, order, fusion.virtual, fusion.alias, fusion)
+    names = {idx: _name(info.nodes[idx], idx) for idx in order}
+
+    layers = []
+    by_idx = {}
+    for idx in order:
+        node, count, lw = info.nodes[idx], counts[idx], weights[idx]
+        out_sizes = [info.info(o).nbytes if info.info(o) else None for o in node.output if o]
+        acts_in = act_inputs(info, node)
+        act_precision = _act_precision(info, acts_in[0]) if acts_in else None
+        layer = {
+            "name": names[idx],
+            "op_type": node.op_type,
+            "op_class": count.op_class,
+            "macs": count.macs,
+            "ops": count.ops,
+            "params_count": lw.params_count,
+            "weight_bytes": sum(table.stored[r].bytes_on(sparse_ok) for r in lw.roots if r in table.stored),
+            "weight_precision": lw.precision,
+            "stored_precision": lw.precision or act_precision or "fp32",
+            "output_bytes": None if any(s is None for s in out_sizes) else sum(out_sizes),
+            "arithmetic_intensity": None,
+            "est_latency_ms": None,
+            "bound": None,
+            "counted": count.counted,
+        }
+        if not count.counted:
+            layer["note"] = count.reason
+        if idx in fusion.anchor_of:
+            layer["fused_into"] = names[fusion.anchor_of[idx]]
+        layers.append(layer)
+        by_idx[idx] = layer
+
+    # cost per group: an anchor with the ops fused into it, or a layer on its own
+    for idx in order:
+        if idx in fusion.anchor_of:
+            layer = by_idx[idx]
+            if device is not None:
+                layer.update(est_latency_ms=0.0, bound="fused", est_energy_mj=0.0, compute_ms=0.0, memory_ms=0.0)
+            continue
+        members = [idx] + fusion.members.get(idx, [])
+        produced = {o for m in members for o in info.nodes[m].output if o}
+        ins, outs = [], []
+        for m in members:
+            for t in act_inputs(info, info.nodes[m]):
+                if t not in produced and t not in ins:
+                    ins.append(t)
+            for o in info.nodes[m].output:
+                if o and o not in fusion.virtual and o not in outs and o not in info.const:
+                    outs.append(o)
+        acts = [_act_item(info, t, fusion.alias) for t in ins + outs]
+        group_ops = [by_idx[m]["ops"] for m in members]
+        ops = None if any(o is None for o in group_ops) else sum(group_ops)
+        roots = [r for m in members for r in weights[m].roots if r in table.stored]
+        witems = [WeightItem(table.stored[r].bytes_on(sparse_ok), table.stored[r].numel) for r in roots]
+        layer = by_idx[idx]
+        layer["input_bytes"] = _sum_or_none([device_act_bytes(None, _act_item(info, t, fusion.alias)) for t in ins])
+        if device is None:
+            touched = _sum_or_none([w.stored_bytes for w in witems] + [a.stored_bytes for a in acts])
+            layer["working_set_bytes"] = touched
+            if ops is not None and touched:
+                layer["arithmetic_intensity"] = ops / touched
+            continue
+        cost = layer_cost(device, op_class=counts[idx].op_class, macs=counts[idx].macs, ops=ops,
+                          stored_precision=layer["stored_precision"], weights=witems, acts=acts)
+        layer.update(
+            compute_precision=cost.compute_precision,
+            working_set_bytes=cost.working_set_bytes,
+            device_weight_bytes=cost.weight_bytes,
+            fits_onchip=cost.fits_onchip,
+            dram_bytes=cost.dram_bytes,
+            arithmetic_intensity=cost.arithmetic_intensity,
+            compute_ms=_ms(cost.compute_s),
+            memory_ms=_ms(cost.memory_s),
+            est_latency_ms=_ms(cost.latency_s),
+            est_energy_mj=None if cost.energy_pj is None else cost.energy_pj * 1e-9,
+            bound=cost.bound,
+        )
+
+    totals = _totals(info, order, layers, table, sparse_ok, live, names, device)
+    return Profile(device=device.name if device else None, totals=totals, layers=layers,
+                   input_shapes=info.input_shapes)
+
+
+def _sum_or_none(values):
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
+    counted = [l for l in layers if l["counted"]]
+    uncounted = Counter(l["op_type"] for l in layers if not l["counted"])
+    wtot = table.totals(sparse_ok)
+    macs = sum(l["macs"] or 0 for l in counted)
+    ops = sum(l["ops"] or 0 for l in counted)
+    coverage = len(counted) / len(layers) if layers else 1.0
+    totals = {
+        "macs": macs,
+        "params_count": sum(l["params_count"] for l in layers),
+        "weight_bytes": wtot["weight_bytes"],
+        "peak_activation_bytes": live.peak_bytes if not live.unknown_tensors else None,
+        "est_latency_ms": None,
+        "est_energy_mj": None,
+        "measured_latency_ms": None,
+        "ops": ops,
+        "weight_bytes_dense": wtot["weight_bytes_dense"],
+        "weight_bytes_sparse": wtot["weight_bytes_sparse"],
+        "weight_bytes_by_dtype": wtot["weight_bytes_by_dtype"],
+        "sparse_weight_tensors": wtot["sparse_tensors"],
+        "ops_per_weight_byte": ops / wtot["weight_bytes"] if wtot["weight_bytes"] else None,
+        "peak_activation_at": names[order[live.peak_step]] if order and live.peak_step is not None else None,
+        "peak_activation_tensors": [
+            {"name": n, "bytes": info.info(n).nbytes if info.info(n) else None} for n in live.peak_tensors],
+        "peak_activation_lower_bound": live.peak_bytes if live.unknown_tensors else None,
+        "layers": len(layers),
+        "coverage": coverage,
+        "coverage_text": f"{coverage * 100:.0f} % of nodes",
+        "uncounted_ops": dict(sorted(uncounted.items())),
+        "input_shapes": info.input_shapes,
+    }
+    if device is None:
+        return totals
+    latencies = [l.get("est_latency_ms") for l in counted]
+    energies = [l.get("est_energy_mj") for l in counted]
+    capacity = device.onchip_capacity
+    weight_device = sum(l.get("device_weight_bytes") or 0 for l in layers)
+    totals.update(
+        est_latency_ms=None if any(v is None for v in latencies) else sum(latencies),
+        est_energy_mj=None if any(v is None for v in energies) else sum(energies),
+        est_compute_ms=sum(l.get("compute_ms") or 0 for l in layers if l.get("bound") == "compute"),
+        est_memory_ms=sum(l.get("memory_ms") or 0 for l in layers if l.get("bound") == "memory"),
+        compute_bound_layers=sum(1 for l in layers if l.get("bound") == "compute"),
+        memory_bound_layers=sum(1 for l in layers if l.get("bound") == "memory"),
+        fused_layers=sum(1 for l in layers if l.get("bound") == "fused"),
+        spilling_layers=sum(1 for l in layers if l.get("fits_onchip") is False and l.get("bound") != "free"),
+        dram_bytes=sum(l.get("dram_bytes") or 0 for l in layers),
+        onchip_bytes=capacity,
+        device_weight_bytes=weight_device,
+        weights_fit_onchip=None if capacity is None else weight_device <= capacity,
+        peak_activation_fits_onchip=None if capacity is None or totals["peak_activation_bytes"] is None
+        else totals["peak_activation_bytes"] <= capacity,
+        device_calibrated=device.calibrated,
+        assumptions=device.assumptions(),
+    )
+    return totals
