@@ -1,0 +1,120 @@
+"""quantize_codebook: k-means weight sharing, 2^bits float centroids per tensor or per output channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from edgeopt.graph.edit import to_ir, to_proto
+from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.passes.quantize_weights import _fmt_bytes
+from edgeopt.quant.decode import codebook_subgraph
+from edgeopt.quant.kmeans import kmeans_1d
+from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
+from edgeopt.quant.runtime import ort_load_error
+from edgeopt.quant.select import node_label
+from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_weights, float_bias_bytes
+
+
+def cluster_slot(slot: WeightSlot, bits: int, granularity: str, iters: int):
+    """(indices, codebook, gather axis or None, decoded float32 in the original shape) for one weight."""
+    w = slot.array
+    k = 1 << bits
+    if granularity == "per_channel" and w.ndim >= 2:
+        if slot.channel_axis == w.ndim - 1 and w.ndim == 2:
+            # [K, N] with output channels last (MatMul, Gemm without transB): one codebook column per channel.
+            cols = [kmeans_1d(w[:, j], k, iters) for j in range(w.shape[1])]
+            codebook = np.stack([c for c, _ in cols], axis=1)  # [k, N]
+            indices = np.stack([i for _, i in cols], axis=1)  # [K, N]
+            decoded = np.take_along_axis(codebook, indices, axis=0)
+            return indices, codebook, 0, decoded.reshape(w.shape)
+        rows = w.reshape(w.shape[0], -1)  # channels on axis 0 (Conv; ConvTranspose groups by input channel)
+        parts = [kmeans_1d(rows[i], k, iters) for i in range(rows.shape[0])]
+        codebook = np.stack([c for c, _ in parts])  # [C, k]
+        indices = np.stack([i for _, i in parts])  # [C, M]
+        decoded = np.take_along_axis(codebook, indices, axis=1)
+        return indices, codebook, 1, decoded.reshape(w.shape)
+    codebook, indices = kmeans_1d(w, k, iters)
+    return indices, codebook, None, codebook[indices]
+
+
+@register
+class QuantizeCodebook(Pass):
+    name = "quantize_codebook"
+    summary = "k-means weight sharing: 2^bits centroids per tensor or per channel, indices packed 4-bit or uint8"
+    description = (
+        "Deep Compression / CoreML kmeans_lut style weight sharing: each weight tensor (or each output "
+        "channel) is clustered by 1-D k-means into 2^bits float32 centroids; the weight is stored as "
+        "indices (packed two per byte as UINT4 for bits <= 4, else uint8) plus the codebook, and decoded "
+        "in the graph by Cast -> Gather (per tensor) or GatherElements (per channel) -> Reshape, all from "
+        "constants, so onnxruntime runs it and the profiler counts it as weight storage. k-means places "
+        "levels where the weights are, so at the same bits it loses less than uniform levels. Packed "
+        "indices need opset 21 (the model is upgraded, or left unchanged with the reason). Biases and "
+        "tensors smaller than min_elements stay float; ConvTranspose per_channel groups by input channel.")
+    lossless = False
+
+    @dataclass
+    class Params:
+        bits: int = param(4, "index bits: 2^bits centroids (<= 4 stored packed as UINT4, else uint8)", ge=1, le=8)
+        granularity: Literal["per_tensor", "per_channel"] = param(
+            "per_tensor", "one codebook per tensor, or one per output channel")
+        iters: int = param(30, "k-means (Lloyd) iterations at most", ge=1, le=1000)
+        min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
+        op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
+                                    help="operators whose weights are clustered")
+        exclude: list[str] = param(default_factory=list, help="node names, globs or op types left in float")
+
+        def __post_init__(self):
+            unknown = [op for op in self.op_types if op not in WEIGHT_OPS]
+            if unknown:
+                raise ValueError(f"op_types: {unknown[0]!r} is not supported; choose from {', '.join(WEIGHT_OPS)}")
+
+    def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
+        target = 21 if params.bits <= 4 else 13  # UINT4 storage; GatherElements and Cast are older
+        try:
+            work, upgrade_note = ensure_opset(model, target)
+        except OpsetUpgradeError as exc:
+            return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
+                              summary=f"left unchanged: {exc}")
+        graph_model = to_ir(work)
+        graph = graph_model.graph
+        slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
+        before = after = 0
+        for slot in slots:
+            indices, codebook, axis, decoded = cluster_slot(slot, params.bits, params.granularity, params.iters)
+            out, nbytes = codebook_subgraph(graph, slot.name, indices, codebook, params.bits, axis,
+                                            slot.array.shape)
+            slot.value.replace_all_uses_with(out)
+            if slot.name in graph.initializers:
+                graph.initializers.pop(slot.name)
+            err = decoded - slot.array
+            std = float(np.std(slot.array)) or 1.0
+            figures = {"bits": params.bits, "granularity": params.granularity, "elements": int(slot.array.size),
+                       "centroids": int(codebook.size), "bytes_before": int(slot.array.nbytes),
+                       "bytes_after": nbytes, "max_abs_error": float(np.max(np.abs(err))),
+                       "rel_rmse": float(np.sqrt(np.mean(err ** 2)) / std)}
+            before += slot.array.nbytes
+            after += nbytes
+            for node in slot.nodes:
+                notes.append(NodeNote(node_label(node), node.op_type, "clustered",
+                                      f"W {slot.name} -> {1 << params.bits} centroids {params.granularity}",
+                                      figures))
+        if not slots:
+            return PassResult(model, False, notes, summary="no weight to cluster; model unchanged")
+        result = to_proto(graph_model)
+        problem = ort_load_error(result)
+        if problem:
+            notes.append(NodeNote("(model)", "", "skipped", f"onnxruntime cannot load the result: {problem}"))
+            return PassResult(model, False, notes,
+                              summary=f"left unchanged: onnxruntime cannot load the clustered model ({problem})")
+        n_bias, bias_bytes = float_bias_bytes(graph)
+        small = sum(1 for n in notes if n.action == "skipped" and "min_elements" in n.reason)
+        summary = (f"clustered {len(slots)} weights into {1 << params.bits} centroids {params.granularity}: "
+                   f"{_fmt_bytes(before)} -> {_fmt_bytes(after)} ({before / max(after, 1):.2f}x); "
+                   f"{n_bias} biases ({_fmt_bytes(bias_bytes)}) and {small} small weights stay float")
+        if upgrade_note:
+            summary += f"; {upgrade_note}"
+        return PassResult(result, True, notes, summary=summary)
