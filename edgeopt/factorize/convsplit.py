@@ -1,0 +1,141 @@
+"""The loop both split passes share: find Convs, fit each under the budget, rewrite, report per layer.
+
+A pass supplies a `Splitter` (what it can split, its MACs, its fit, its
+rewrite); this module does the rest the same way for both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgeopt.factorize.conv_layers import ConvLayer, collect_patches, conv_layer, matches, value_shapes
+from edgeopt.factorize.search import choose_size
+from edgeopt.graph.edit import add_initializer, to_ir, to_proto
+from edgeopt.passes.base import NodeNote, PassContext, PassResult
+
+BN_WARNING = ("a BatchNormalization follows: run fold_batchnorm before this pass so the error "
+              "budget applies to the folded weights")
+
+
+class Splitter(Protocol):
+    action: str  # the NodeNote action of a split layer, e.g. "split_depthwise"
+    what: str  # the size's symbol in messages: "m" or "r"
+    size_figure: str  # the size's key in the figures: "depth_multiplier" or "rank"
+
+    def eligible(self, layer: ConvLayer) -> str | None: ...  # None, or why the layer cannot be split
+    def full(self, layer: ConvLayer) -> int: ...  # the size at which the split is exact
+    def macs_after(self, layer: ConvLayer, size: int) -> int | None: ...
+    def saving(self, layer: ConvLayer, size: int) -> float: ...  # fraction of the layer's MACs saved
+    def weight_errors(self, layer: ConvLayer) -> np.ndarray: ...  # weights-only error per size
+    def fit(self, layer: ConvLayer, size: int, patches: np.ndarray | None) -> Any: ...
+    def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: Any, namer: "Namer") -> None: ...
+
+
+class Namer:
+    """Node and value names not yet used in the graph."""
+
+    def __init__(self, graph: ir.Graph):
+        self.taken = {n.name for n in graph if n.name} | {v.name for n in graph for v in n.outputs}
+        self.taken |= {v.name for v in graph.inputs} | set(graph.initializers)
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.taken:
+            name, i = f"{base}_{i}", i + 1
+        self.taken.add(name)
+        return name
+
+
+def conv_node(namer: Namer, name: str, inputs: list[ir.Value | None], attrs: dict) -> ir.Node:
+    node = ir.Node("", "Conv", inputs, attributes=ir.convenience.convert_attributes(attrs),
+                   name=namer(name), num_outputs=1)
+    node.outputs[0].name = namer(f"{name}_out")
+    return node
+
+
+def weight(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    return add_initializer(graph, name, np.ascontiguousarray(array, dtype=np.float32))
+
+
+def replace(graph: ir.Graph, old: ir.Node, new_nodes: list[ir.Node]) -> None:
+    """Put new_nodes where old was; the last one's output takes over old's output (name included)."""
+    ir.convenience.replace_nodes_and_values(graph, old, [old], new_nodes, [old.outputs[0]],
+                                            [new_nodes[-1].outputs[0]])
+
+
+def geometry_attrs(layer: ConvLayer) -> dict:
+    """The original Conv's geometry attributes as written (auto_pad kept as is)."""
+    keep = ("auto_pad", "pads", "strides", "dilations", "kernel_shape")
+    return {k: a.value for k, a in layer.node.attributes.items() if k in keep}
+
+
+def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: PassContext,
+              splitter: Splitter) -> PassResult:
+    """Split every Conv the splitter can take, within params.max_error and params.min_macs_saving."""
+    ir_model = to_ir(model)
+    graph = ir_model.graph
+    shapes = value_shapes(model, ctx.input_shapes)
+    notes: list[NodeNote] = []
+    layers: list[ConvLayer] = []
+    for node in list(graph):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        name = node.name or node.outputs[0].name
+        if matches(name, params.exclude):
+            notes.append(NodeNote(name, "Conv", "skipped", "excluded by the `exclude` parameter"))
+            continue
+        layer = conv_layer(node, shapes)
+        reason = layer if isinstance(layer, str) else splitter.eligible(layer)
+        if reason:
+            notes.append(NodeNote(name, "Conv", "skipped", reason))
+        else:
+            layers.append(layer)
+    patches = collect_patches(model, layers, ctx.data, ctx.seed) if ctx.data and layers else {}
+    namer = Namer(graph)
+    done, macs_before, macs_after, bn_layers = 0, 0, 0, 0
+    for layer in layers:
+        layer_patches = patches.get(layer.name)
+
+        def fit(size: int, layer=layer, layer_patches=layer_patches):
+            return splitter.fit(layer, size, layer_patches)
+
+        choice = choose_size(
+            splitter.full(layer), requested, lambda s, layer=layer: splitter.saving(layer, s), fit,
+            params.max_error, params.min_macs_saving,
+            weight_errors=None if layer_patches is not None else splitter.weight_errors(layer),
+            what=splitter.what)
+        before = layer.macs()
+        figures: dict = {"macs_before": before}
+        if choice.tried:
+            figures["errors_tried"] = {str(k): round(v, 5) for k, v in choice.tried.items()}
+        if choice.split is None:
+            notes.append(NodeNote(layer.name, "Conv", "skipped", choice.reason, figures))
+            continue
+        split = choice.split
+        size = split.size
+        after = splitter.macs_after(layer, size)
+        figures.update({"macs_after": after, "macs_saving": round(splitter.saving(layer, size), 4),
+                        splitter.size_figure: size, "error": round(float(split.error), 6),
+                        "error_on": split.error_on, "refitted": split.refitted})
+        splitter.rewrite(graph, layer, split, namer)
+        notes.append(NodeNote(layer.name, "Conv", splitter.action, BN_WARNING if layer.bn_follows else "",
+                              figures))
+        done += 1
+        bn_layers += layer.bn_follows
+        if before is not None and after is not None:
+            macs_before, macs_after = macs_before + before, macs_after + after
+    skipped = sum(1 for n in notes if n.action == "skipped")
+    summary = f"split {done} of {done + skipped} Conv"
+    if done and macs_before:
+        change = (f"{macs_before / macs_after:.2f}x fewer" if macs_after <= macs_before
+                  else f"{macs_after / macs_before:.2f}x more")
+        summary += f": their MACs {macs_before / 1e6:.3g} M -> {macs_after / 1e6:.3g} M ({change})"
+    if skipped:
+        summary += f"; {skipped} skipped"
+    if bn_layers:
+        summary += f"; {bn_layers} followed by BatchNormalization (run fold_batchnorm first)"
+    return PassResult(to_proto(ir_model) if done else model, bool(done), notes, summary)

@@ -1,0 +1,119 @@
+"""KxK Conv (group 1) -> depthwise KxK conv with depth multiplier m, then a pointwise 1x1 conv.
+
+For input channel c the original weights form a matrix W_c [O, KH*KW]; the
+split computes W_c ~ P_c D_c with D_c [m, KH*KW] (the m depthwise kernels of
+channel c) and P_c [O, m] (its columns of the pointwise weights). A rank-m
+SVD of each W_c is the best such pair for the weights, and it is exact when
+m >= min(O, KH*KW). With calibration patches, the SVD is taken of W_c L_c
+(L_c L_c^T = E[x_c x_c^T], the channel's patch statistics), which minimizes
+that channel's contribution to the output error, and the pointwise weights
+and bias are then refitted jointly across channels by least squares on the
+real layer outputs.
+
+Depthwise output channel c*m + j is kernel j of input channel c, which is
+how ONNX orders the outputs of a Conv with group = C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeopt.factorize.lowrank import (
+    balanced_factors,
+    refit_linear,
+    relative_error,
+    second_moment,
+    tail_energy,
+    whitening_factor,
+)
+
+MAX_REFIT = 4096  # largest pointwise fan-in (C*m) refitted by least squares
+
+
+@dataclass
+class DepthwiseSplit:
+    depthwise: np.ndarray  # [C*m, 1, KH, KW] float32
+    pointwise: np.ndarray  # [O, C*m, 1, 1] float32
+    bias: np.ndarray | None  # [O] float32, goes on the pointwise conv
+    multiplier: int
+    error: float  # relative error of the weights, or of the layer output on the patches
+    error_on: str  # "weights" or "output"
+    refitted: bool = False  # pointwise weights and bias refitted by least squares on the data
+
+    @property
+    def size(self) -> int:
+        return self.multiplier
+
+
+def full_multiplier(weight: np.ndarray) -> int:
+    """The depth multiplier at which the split is exact: min(O, KH*KW)."""
+    o, _, kh, kw = weight.shape
+    return min(o, kh * kw)
+
+
+def _per_channel(weight: np.ndarray) -> np.ndarray:
+    o, c, kh, kw = weight.shape
+    return weight.astype(np.float64).transpose(1, 0, 2, 3).reshape(c, o, kh * kw)  # [C, O, KK]
+
+
+def depthwise_weight_errors(weight: np.ndarray) -> np.ndarray:
+    """Relative weight error ||W - W_m|| / ||W|| for m = 0 .. min(O, KH*KW)."""
+    s = np.linalg.svd(_per_channel(weight), compute_uv=False)  # [C, r]
+    tail = tail_energy(s).sum(axis=0)
+    total = tail[0]
+    return np.sqrt(tail / total) if total > 0 else np.zeros_like(tail)
+
+
+def split_depthwise(weight: np.ndarray, bias: np.ndarray | None, multiplier: int,
+                    patches: np.ndarray | None = None) -> DepthwiseSplit:
+    """The depthwise + pointwise pair with depth multiplier min(multiplier, full) approximating weight.
+
+    weight [O, C, KH, KW]; patches [S, C, KH, KW] (from `sample_patches`) makes
+    the fit data-weighted and the error that of the layer output.
+    """
+    o, c, kh, kw = weight.shape
+    kk = kh * kw
+    patches = None if patches is None else np.asarray(patches, dtype=np.float64)
+    m = max(1, min(int(multiplier), full_multiplier(weight)))
+    per_channel = _per_channel(weight)
+    exact = m >= full_multiplier(weight)
+    if patches is None or exact:
+        u, s, vt = np.linalg.svd(per_channel, full_matrices=False)
+        left, right = balanced_factors(u, s, vt, m)  # [C, O, m], [C, m, KK]
+    else:
+        xc = patches.reshape(len(patches), c, kk)
+        chol = whitening_factor(second_moment(xc))  # [C, KK, KK]
+        u, s, vt = np.linalg.svd(per_channel @ chol, full_matrices=False)
+        left, right_w = balanced_factors(u, s, vt, m)
+        # right @ chol = right_w  ->  right = right_w chol^-1
+        right = np.linalg.solve(chol.transpose(0, 2, 1), right_w.transpose(0, 2, 1)).transpose(0, 2, 1)
+    pointwise = left.transpose(1, 0, 2).reshape(o, c * m)
+    new_bias = None if bias is None else bias.astype(np.float64)
+    refitted = False
+    if patches is None:
+        errors = depthwise_weight_errors(weight)
+        error, error_on = float(errors[m]), "weights"
+    else:
+        xc = patches.reshape(len(patches), c, kk)
+        base = np.zeros(o) if bias is None else bias.astype(np.float64)
+        target = np.einsum("sck,ock->so", xc, weight.astype(np.float64).reshape(o, c, kk)) + base
+        z = np.einsum("sck,cjk->scj", xc, right).reshape(len(xc), c * m)
+        if not exact and c * m <= MAX_REFIT and len(xc) >= 2 * (c * m + 1):
+            pointwise, new_bias = refit_linear(z, target, pointwise, base)
+            refitted = True
+        approx = z @ pointwise.T + (base if new_bias is None else new_bias)
+        error, error_on = relative_error(approx, target), "output"
+    return DepthwiseSplit(
+        depthwise=right.reshape(c * m, 1, kh, kw).astype(np.float32),
+        pointwise=pointwise.reshape(o, c * m, 1, 1).astype(np.float32),
+        bias=None if new_bias is None else new_bias.astype(np.float32),
+        multiplier=m, error=error, error_on=error_on, refitted=refitted)
+
+
+def depthwise_macs(out_channels: int, in_channels: int, kernel: tuple[int, int], multiplier: int,
+                   out_pixels: int) -> int:
+    """MACs of the split pair: depthwise C*m*KH*KW plus pointwise O*C*m, per output pixel."""
+    kk = kernel[0] * kernel[1]
+    return (in_channels * multiplier * kk + out_channels * in_channels * multiplier) * out_pixels

@@ -1,0 +1,73 @@
+"""Low-rank building blocks: whitening by input statistics and least-squares refits.
+
+Weighting a factorization by the layer's inputs: the output error of an
+approximate weight matrix W' on inputs x is ||(W - W') x||, whose mean square
+is tr((W - W') S (W - W')^T) with S = E[x x^T]. With S = L L^T (Cholesky),
+that is ||(W - W') L||_F^2, so the best rank-r W' is the truncated SVD of
+W L, multiplied back by L^-1 (Eckart-Young on the whitened matrix).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RIDGE = 1e-6  # relative regularization of second-moment matrices (dead inputs stay invertible)
+
+
+def second_moment(x: np.ndarray) -> np.ndarray:
+    """E[x x^T] over the first axis of x [S, ..., D] -> [..., D, D] (uncentred: the mean matters too)."""
+    s = x.shape[0]
+    return np.einsum("s...i,s...j->...ij", x, x) / max(s, 1)
+
+
+def whitening_factor(moment: np.ndarray) -> np.ndarray:
+    """Lower-triangular L with L L^T = moment + a small ridge (stacks of matrices allowed)."""
+    dim = moment.shape[-1]
+    scale = np.trace(moment, axis1=-2, axis2=-1) / dim
+    ridge = RIDGE * np.maximum(scale, 1e-12) + 1e-12
+    eye = np.eye(dim)
+    return np.linalg.cholesky(moment + ridge[..., None, None] * eye)
+
+
+def balanced_factors(u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int):
+    """Truncated SVD u s vt as (left, right) = (u sqrt(s), sqrt(s) vt), stacks allowed."""
+    root = np.sqrt(s[..., :rank])
+    return u[..., :, :rank] * root[..., None, :], root[..., :, None] * vt[..., :rank, :]
+
+
+def tail_energy(s: np.ndarray) -> np.ndarray:
+    """tail[r] = sum of s_i^2 for i >= r, for r = 0..len(s) (last axis; stacks allowed)."""
+    sq = s ** 2
+    rev = np.cumsum(sq[..., ::-1], axis=-1)[..., ::-1]
+    return np.concatenate([rev, np.zeros(sq.shape[:-1] + (1,))], axis=-1)
+
+
+def refit_linear(z: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray,
+                 strength: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares W, b for y ~ z W^T + b, pulled towards (w0, b0) where the data says little.
+
+    Minimizes ||z W^T + b - y||^2 + lam ||W - w0||^2 (b unregularized), with
+    lam relative to the mean energy of z. Directions z never excites (a
+    channel that is dead on the calibration data) keep their starting
+    weights rather than collapsing to zero, so other data is still served.
+    z [S, K], y [S, O], w0 [O, K], b0 [O].
+    """
+    s, k = z.shape
+    z1 = np.concatenate([z, np.ones((s, 1))], axis=1)
+    gram = z1.T @ z1
+    lam = strength * max(float(np.trace(gram[:k, :k])) / max(k, 1), 1e-12)
+    reg = np.full(k + 1, lam)
+    reg[k] = 1e-9 * s
+    theta0 = np.concatenate([w0.T, b0[None, :]], axis=0)
+    rhs = z1.T @ y + reg[:, None] * theta0
+    theta = np.linalg.solve(gram + np.diag(reg), rhs)
+    return theta[:k].T, theta[k]
+
+
+def relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
+    """||approx - exact|| / ||exact|| (0 when both are 0)."""
+    norm = float(np.linalg.norm(exact))
+    diff = float(np.linalg.norm(approx - exact))
+    if norm == 0.0:
+        return 0.0 if diff == 0.0 else float("inf")
+    return diff / norm

@@ -1,0 +1,110 @@
+"""KxK Conv -> a Kx1 conv to r channels, then a 1xK conv (spatial SVD, Jaderberg et al. 2014).
+
+Arrange the weights as M [(c, kh), (o, kw)] = W[o, c, kh, kw]. A rank-r
+factorization M ~ A B gives the vertical conv V[j, c, kh, 0] = A[(c, kh), j]
+and the horizontal conv H[o, j, 0, kw] = B[j, (o, kw)]; the pair is exact
+when r >= min(C*KH, O*KW). The vertical conv takes the vertical stride,
+padding and dilation, the horizontal conv the horizontal ones (zero padding
+splits by direction because the vertical conv has no bias).
+
+With calibration patches the SVD is taken of L^T M, L L^T being the second
+moment of the vertical input columns x[(c, kh)] (pooled over kw), and the
+horizontal weights and bias are refitted by least squares on the layer's
+real outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeopt.factorize.lowrank import (
+    balanced_factors,
+    refit_linear,
+    relative_error,
+    second_moment,
+    tail_energy,
+    whitening_factor,
+)
+
+MAX_REFIT = 4096  # largest horizontal fan-in (r*KW) refitted by least squares
+
+
+@dataclass
+class SpatialSplit:
+    vertical: np.ndarray  # [r, C, KH, 1] float32
+    horizontal: np.ndarray  # [O, r, 1, KW] float32
+    bias: np.ndarray | None  # [O] float32, goes on the horizontal conv
+    rank: int
+    error: float
+    error_on: str  # "weights" or "output"
+    refitted: bool = False  # horizontal weights and bias refitted by least squares on the data
+
+    @property
+    def size(self) -> int:
+        return self.rank
+
+
+def full_rank(weight: np.ndarray) -> int:
+    """The rank at which the split is exact: min(C*KH, O*KW)."""
+    o, c, kh, kw = weight.shape
+    return min(c * kh, o * kw)
+
+
+def _matrix(weight: np.ndarray) -> np.ndarray:
+    o, c, kh, kw = weight.shape
+    return weight.astype(np.float64).transpose(1, 2, 0, 3).reshape(c * kh, o * kw)
+
+
+def spatial_weight_errors(weight: np.ndarray) -> np.ndarray:
+    """Relative weight error ||W - W_r|| / ||W|| for r = 0 .. min(C*KH, O*KW)."""
+    tail = tail_energy(np.linalg.svd(_matrix(weight), compute_uv=False))
+    return np.sqrt(tail / tail[0]) if tail[0] > 0 else np.zeros_like(tail)
+
+
+def split_spatial(weight: np.ndarray, bias: np.ndarray | None, rank: int,
+                  patches: np.ndarray | None = None) -> SpatialSplit:
+    """The vertical + horizontal pair of rank min(rank, full) approximating weight [O, C, KH, KW]."""
+    o, c, kh, kw = weight.shape
+    patches = None if patches is None else np.asarray(patches, dtype=np.float64)
+    r = max(1, min(int(rank), full_rank(weight)))
+    exact = r >= full_rank(weight)
+    matrix = _matrix(weight)
+    if patches is None or exact:
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        left, right = balanced_factors(u, s, vt, r)  # [C*KH, r], [r, O*KW]
+    else:
+        columns = patches.transpose(0, 3, 1, 2).reshape(-1, c * kh)  # one row per (sample, kw)
+        chol = whitening_factor(second_moment(columns))
+        u, s, vt = np.linalg.svd(chol.T @ matrix, full_matrices=False)
+        left_w, right = balanced_factors(u, s, vt, r)
+        left = np.linalg.solve(chol.T, left_w)
+    horizontal = right.reshape(r, o, kw).transpose(1, 0, 2).reshape(o, r * kw)
+    new_bias = None if bias is None else bias.astype(np.float64)
+    refitted = False
+    if patches is None:
+        error, error_on = float(spatial_weight_errors(weight)[r]), "weights"
+    else:
+        n = len(patches)
+        base = np.zeros(o) if bias is None else bias.astype(np.float64)
+        target = np.einsum("sckl,ockl->so", patches, weight.astype(np.float64)) + base
+        columns = patches.transpose(0, 3, 1, 2).reshape(n, kw, c * kh)
+        z = (columns @ left).transpose(0, 2, 1).reshape(n, r * kw)  # vertical outputs, (j, kw) order
+        if not exact and r * kw <= MAX_REFIT and n >= 2 * (r * kw + 1):
+            horizontal, new_bias = refit_linear(z, target, horizontal, base)
+            refitted = True
+        approx = z @ horizontal.T + (base if new_bias is None else new_bias)
+        error, error_on = relative_error(approx, target), "output"
+    return SpatialSplit(
+        vertical=left.T.reshape(r, c, kh, 1).astype(np.float32),
+        horizontal=horizontal.reshape(o, r, 1, kw).astype(np.float32),
+        bias=None if new_bias is None else new_bias.astype(np.float32),
+        rank=r, error=error, error_on=error_on, refitted=refitted)
+
+
+def spatial_macs(out_channels: int, in_channels: int, kernel: tuple[int, int], rank: int,
+                 out_size: tuple[int, int], in_width: int) -> int:
+    """MACs of the pair: the vertical conv runs at out_h x in_width, the horizontal at out_h x out_w."""
+    (kh, kw), (out_h, out_w) = kernel, out_size
+    return rank * in_channels * kh * out_h * in_width + out_channels * rank * kw * out_h * out_w

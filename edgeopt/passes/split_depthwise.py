@@ -1,0 +1,104 @@
+"""split_depthwise: a KxK Conv -> depthwise KxK conv (depth multiplier m) + pointwise 1x1 conv, by SVD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgeopt.factorize.conv_layers import ConvLayer
+from edgeopt.factorize.convsplit import Namer, conv_node, geometry_attrs, replace, run_split, weight
+from edgeopt.factorize.depthwise import (
+    DepthwiseSplit,
+    depthwise_macs,
+    depthwise_weight_errors,
+    full_multiplier,
+    split_depthwise,
+)
+from edgeopt.passes import register
+from edgeopt.passes.base import Pass, PassContext, PassResult, param
+
+
+@dataclass
+class SplitDepthwiseParams:
+    depth_multiplier: int | Literal["auto"] = param(
+        "auto", "depthwise kernels per input channel (m); `auto` takes per layer the smallest m whose "
+                "error is within max_error; m >= min(out_channels, KH*KW) is exact", ge=1)
+    max_error: float = param(
+        0.1, "largest relative error per layer: of the layer's output on the recipe's data when it has "
+             "`data`, else of its weights; a layer that cannot meet it is left alone", gt=0)
+    min_macs_saving: float = param(
+        0.25, "split a layer only if it saves at least this fraction of the layer's MACs (0.25 = 25 %); "
+              "a negative value allows splits that add MACs", lt=1)
+    exclude: list[str] = param(help="Conv node names (or wildcards like `stem*`) to leave alone",
+                               default_factory=list)
+
+
+class _DepthwiseSplitter:
+    action = "split"
+    what = "m"
+    size_figure = "depth_multiplier"
+
+    def eligible(self, layer: ConvLayer) -> str | None:
+        kh, kw = layer.weight.shape[2:]
+        if kh * kw == 1:
+            return "1x1 kernel: already pointwise, nothing to split"
+        return None
+
+    def full(self, layer: ConvLayer) -> int:
+        return full_multiplier(layer.weight)
+
+    def saving(self, layer: ConvLayer, size: int) -> float:
+        o, _, kh, kw = layer.weight.shape
+        return 1.0 - size * (kh * kw + o) / (o * kh * kw)
+
+    def macs_after(self, layer: ConvLayer, size: int) -> int | None:
+        if layer.out_hw is None:
+            return None
+        o, c, kh, kw = layer.weight.shape
+        return layer.batch * depthwise_macs(o, c, (kh, kw), size, layer.out_hw[0] * layer.out_hw[1])
+
+    def weight_errors(self, layer: ConvLayer) -> np.ndarray:
+        return depthwise_weight_errors(layer.weight)
+
+    def fit(self, layer: ConvLayer, size: int, patches: np.ndarray | None) -> DepthwiseSplit:
+        return split_depthwise(layer.weight, layer.bias, size, patches)
+
+    def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: DepthwiseSplit, namer: Namer) -> None:
+        _, c, kh, kw = layer.weight.shape
+        attrs = {**geometry_attrs(layer), "group": c, "kernel_shape": [kh, kw]}
+        depthwise = conv_node(namer, f"{layer.name}_depthwise",
+                              [layer.node.inputs[0], weight(graph, f"{layer.name}.depthwise.weight",
+                                                            split.depthwise)], attrs)
+        inputs = [depthwise.outputs[0], weight(graph, f"{layer.name}.pointwise.weight", split.pointwise)]
+        if split.bias is not None:
+            inputs.append(weight(graph, f"{layer.name}.pointwise.bias", split.bias))
+        pointwise = conv_node(namer, f"{layer.name}_pointwise", inputs, {"kernel_shape": [1, 1]})
+        replace(graph, layer.node, [depthwise, pointwise])
+
+
+@register
+class SplitDepthwise(Pass):
+    name = "split_depthwise"
+    summary = "replace KxK convolutions by depthwise KxK + pointwise 1x1 pairs (per-channel SVD, error budget)"
+    description = (
+        "For each group-1 Conv with a KxK kernel (K*K > 1; any stride, padding, dilation) and constant "
+        "weights, each input channel's weight slice (out_channels x K*K) is factored by a rank-m SVD into "
+        "m depthwise KxK kernels and the matching pointwise weights; the bias moves to the pointwise conv. "
+        "The split is exact when m >= min(out_channels, K*K), and cheaper than the original when "
+        "m < out_channels*K*K / (out_channels + K*K). With the recipe's `data`, the fit is weighted by "
+        "the statistics of the layer's real inputs and the pointwise weights and bias are refitted by "
+        "least squares on the layer's real outputs, and max_error bounds the relative error of the "
+        "layer output; without data it bounds the relative error of the weights. Each layer's note gives "
+        "its MACs before and after, the error, the chosen m, or why it was skipped. Run it after "
+        "fold_batchnorm."
+    )
+    lossless = False
+    Params = SplitDepthwiseParams
+
+    def apply(self, model: onnx.ModelProto, params: SplitDepthwiseParams, ctx: PassContext) -> PassResult:
+        requested = None if params.depth_multiplier == "auto" else int(params.depth_multiplier)
+        return run_split(model, params, requested, ctx, _DepthwiseSplitter())
