@@ -52,7 +52,7 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     unique, i = name, 1
     while unique in taken:
         unique, i = f"{name}_{i}", i + 1
-    value = ir.Value(name=unique, const_value=ir.tensor(np.ascontiguousarray(array), name=unique),
+    value = ir.Value(name=unique, const_value=ir.tensor(np.ascontiguousarray(array).reshape(array.shape), name=unique),
                      shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
     graph.register_initializer(value)
     return value
