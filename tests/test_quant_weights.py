@@ -1,0 +1,221 @@
+"""quantize_weights on tiny graphs: structure, bytes, onnxruntime numbers, opset handling, parameter errors."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from edgeopt.errors import UserError
+from edgeopt.passes import PassContext, get_pass
+from edgeopt.recipe.load import parse_recipe
+
+
+def toy_model(opset: int = 13, seed: int = 0, constants: bool = False) -> onnx.ModelProto:
+    """input [N,3,8,8] -> Conv 3x3 (+b) -> Relu -> depthwise Conv -> 1x1 Conv -> Relu -> GAP -> Flatten
+    -> Gemm (transB=0) -> MatMul -> logits [N,10]; seeded weights, nodes named, optionally as Constants."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W1": rng.standard_normal((16, 3, 3, 3)) * 0.3, "b1": rng.standard_normal(16) * 0.1,
+        "W2": rng.standard_normal((16, 1, 3, 3)) * 0.3, "W3": rng.standard_normal((32, 16, 1, 1)) * 0.3,
+        "G": rng.standard_normal((32, 24)) * 0.3, "gb": rng.standard_normal(24) * 0.1,
+        "M": rng.standard_normal((24, 10)) * 0.3,
+    }
+    text = f"""
+    <ir_version: 8, opset_import: ["" : {opset}]>
+    g (float[N, 3, 8, 8] input) => (float[N, 10] logits) {{
+        c1 = Conv <pads = [1,1,1,1]> (input, W1, b1)
+        r1 = Relu(c1)
+        c2 = Conv <pads = [1,1,1,1], group = 16> (r1, W2)
+        c3 = Conv (c2, W3)
+        r3 = Relu(c3)
+        p = GlobalAveragePool(r3)
+        f = Flatten(p)
+        h = Gemm(f, G, gb)
+        logits = MatMul(h, M)
+    }}"""
+    model = onnx.parser.parse_model(text)
+    for i, node in enumerate(model.graph.node):
+        node.name = f"{node.op_type.lower()}_{i}"
+    for name, arr in weights.items():
+        tensor = numpy_helper.from_array(arr.astype(np.float32), name)
+        if constants:
+            model.graph.node.insert(0, helper.make_node("Constant", [], [name], value=tensor, name=f"const_{name}"))
+        else:
+            model.graph.initializer.append(tensor)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+FEED = {"input": np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)}
+
+
+def run(model: onnx.ModelProto) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, FEED)[0]
+
+
+def apply(model, **params):
+    cls = get_pass("quantize_weights")
+    return cls().apply(model, cls.Params(**params), PassContext())
+
+
+def stored_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) or numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+def initializer(model, name):
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+def test_int8_per_channel_structure_bytes_and_numbers():
+    model = toy_model()
+    ref = run(model)
+    result = apply(model, bits=8, min_elements=0)
+    out = result.model
+    onnx.checker.check_model(out, full_check=True)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("DequantizeLinear") == 5 and ops.count("Conv") == 3 and ops.count("Gemm") == 1
+    types = {t.name: t.data_type for t in out.graph.initializer}
+    for w in ("W1", "W2", "W3", "G", "M"):
+        assert types[f"{w}_quantized"] == onnx.TensorProto.INT8
+        assert w not in types  # the float weight is gone
+    assert types["b1"] == onnx.TensorProto.FLOAT and types["gb"] == onnx.TensorProto.FLOAT
+    # per-channel axes: Conv out channels (0), Gemm transB=0 / MatMul [K, N] columns (1)
+    axes = {n.input[0]: helper.get_attribute_value(n.attribute[0]) for n in out.graph.node
+            if n.op_type == "DequantizeLinear"}
+    assert axes == {"W1_quantized": 0, "W2_quantized": 0, "W3_quantized": 0, "G_quantized": 1, "M_quantized": 1}
+    assert numpy_helper.to_array(initializer(out, "G_scale")).shape == (24,)
+    err = np.abs(run(out) - ref).max()
+    assert 0 < err < 0.02 * np.abs(ref).max()
+    q_weights = sum(f["bytes_after"] for f in {n.figures["elements"]: n.figures for n in result.notes
+                                                if n.action == "quantized"}.values())
+    assert stored_bytes(model) / stored_bytes(out) > 3.0
+    assert result.modified and "5 weights" in result.summary and "int8 per_channel" in result.summary
+    assert q_weights > 0
+
+
+def test_decoded_weights_match_numpy_math():
+    """onnxruntime's DequantizeLinear reproduces edgeopt.quant.dequantize exactly."""
+    from edgeopt.quant import compute_qparams, dequantize, quantize
+    model = toy_model()
+    out = apply(model, bits=4, granularity="block", block_size=16, symmetric=False, min_elements=0).model
+    probe = onnx.ModelProto()
+    probe.CopyFrom(out)
+    reshape = next(n for n in out.graph.node if n.op_type == "Reshape" and n.output[0] in
+                   {i for m in out.graph.node if m.op_type == "Conv" and m.name == "conv_0" for i in m.input})
+    probe.graph.output.add().name = reshape.output[0]
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    decoded = session.run(None, FEED)[1]
+    w1 = numpy_helper.to_array(initializer(model, "W1"))
+    qp = compute_qparams(w1.reshape(16, 27), 4, False, axis=1, block_size=16)
+    expected = dequantize(quantize(w1.reshape(16, 27), qp), qp).reshape(w1.shape)
+    np.testing.assert_array_equal(decoded, expected)
+    assert initializer(out, "W1_quantized").data_type == onnx.TensorProto.UINT4
+    assert list(initializer(out, "W1_scale").dims) == [16, 2]  # 27 values per row -> 2 blocks of 16
+
+
+@pytest.mark.parametrize("params,max_rel_err,min_ratio", [
+    (dict(bits=8, granularity="per_tensor"), 0.03, 3.8),
+    (dict(bits=8, symmetric=False), 0.03, 3.0),
+    (dict(bits=4), 0.3, 5.0),
+    (dict(bits=4, granularity="block", block_size=16, scale_dtype="float16"), 0.3, 5.0),
+    (dict(bits=4, clip="mse", symmetric=False), 0.3, 4.5),
+])
+def test_modes_error_and_size(params, max_rel_err, min_ratio):
+    model = toy_model()
+    ref = run(model)
+    out = apply(model, min_elements=0, **params).model
+    onnx.checker.check_model(out, full_check=True)
+    rel = np.abs(run(out) - ref).max() / np.abs(ref).max()
+    assert 0 < rel < max_rel_err
+    biases = 4 * (16 + 24)
+    assert (stored_bytes(model) - biases) / (stored_bytes(out) - biases) > min_ratio
+
+
+def test_int4_upgrades_opset_and_int8_per_channel_needs_13():
+    old = toy_model(opset=11)
+    r8 = apply(old, bits=8, min_elements=0)
+    assert r8.model.opset_import[0].version == 13 and "opset upgraded 11 -> 13" in r8.summary
+    r4 = apply(old, bits=4, min_elements=0)
+    assert r4.model.opset_import[0].version == 21 and r4.model.ir_version >= 10
+    assert initializer(r4.model, "W1_quantized").data_type == onnx.TensorProto.INT4
+    per_tensor = apply(old, bits=8, granularity="per_tensor", min_elements=0)
+    assert per_tensor.model.opset_import[0].version == 11  # per-tensor int8 needs no upgrade
+    assert np.abs(run(r4.model) - run(old)).max() < 0.3 * np.abs(run(old)).max()
+
+
+def test_weights_in_constant_nodes_are_quantized():
+    model = toy_model(constants=True)
+    result = apply(model, bits=8, min_elements=0)
+    assert not any(n.op_type == "Constant" for n in result.model.graph.node if n.output[0] in "W1 W2 W3 G M".split())
+    assert sum(n.action == "quantized" for n in result.notes) == 5
+    assert np.abs(run(result.model) - run(model)).max() < 0.02 * np.abs(run(model)).max()
+
+
+def test_small_tensors_and_exclusions_stay_float_with_reasons():
+    model = toy_model()
+    result = apply(model, bits=8, min_elements=200, exclude=["matmul_*", "conv_3"])
+    notes = {n.node: n for n in result.notes}
+    assert notes["conv_2"].action == "skipped" and "144 elements < min_elements 200" in notes["conv_2"].reason
+    assert notes["matmul_8"].action == "skipped" and "matmul_*" in notes["matmul_8"].reason
+    assert notes["conv_3"].action == "skipped" and "excluded" in notes["conv_3"].reason
+    assert notes["conv_0"].action == "quantized" and notes["gemm_7"].action == "quantized"
+    kinds = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert kinds["W2"] == kinds["M"] == kinds["W3"] == onnx.TensorProto.FLOAT
+
+
+def test_shared_weight_read_by_an_unquantized_op_is_skipped():
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[2, 16] x) => (float[2, 16] y) {
+        m = MatMul(x, W)
+        y = Add(m, W_row)
+    }""")
+    w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    model.graph.initializer.extend([numpy_helper.from_array(w, "W"), numpy_helper.from_array(w[0], "W_row")])
+    model.graph.node[1].input[1] = "W"  # Add reads W too (broadcast [2,16] + [16,16] is invalid) -> make valid
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 16
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 16
+    result = apply(model, bits=8, min_elements=0)
+    assert not result.modified and result.model is model
+    assert "also read by" in result.notes[0].reason
+
+
+def test_model_that_cannot_be_upgraded_is_left_unchanged_with_reason(monkeypatch):
+    import onnx.version_converter as vc
+
+    def refuse(model, target):
+        raise RuntimeError("No Adapter For Upsample")
+
+    monkeypatch.setattr(vc, "convert_version", refuse)
+    model = toy_model(opset=11)
+    result = apply(model, bits=4, min_elements=0)
+    assert not result.modified and result.model is model
+    assert "left unchanged" in result.summary and "opset 11" in result.summary
+    assert "needs opset 21" in result.summary and "No Adapter For Upsample" in result.summary
+    assert result.notes[0].action == "skipped"
+
+
+def test_result_onnxruntime_cannot_load_leaves_model_unchanged(monkeypatch):
+    import edgeopt.passes.quantize_weights as qw
+
+    monkeypatch.setattr(qw, "ort_load_error", lambda model: "Could not find an implementation for X")
+    model = toy_model()
+    result = apply(model, bits=8, min_elements=0)
+    assert not result.modified and result.model is model
+    assert "onnxruntime cannot load" in result.summary and "Could not find an implementation" in result.summary
+
+
+def test_bad_parameter_is_rejected_with_its_location():
+    doc = {"model": "m.onnx", "passes": [{"quantize_weights": {"bits": 8, "block_size": 1}}]}
+    with pytest.raises(UserError, match=r"passes\[0\]\.quantize_weights\.block_size: must be >= 2, got 1"):
+        parse_recipe(doc, Path("r.yaml"))
+    doc = {"model": "m.onnx", "passes": [{"quantize_weights": {"bits": 3}}]}
+    with pytest.raises(UserError, match=r"quantize_weights\.bits: must be 8 or 4, got 3"):
+        parse_recipe(doc, Path("r.yaml"))
+    doc = {"model": "m.onnx", "passes": [{"quantize_weights": {"op_types": ["Conv", "LSTM"]}}]}
+    with pytest.raises(UserError, match=r"op_types: 'LSTM' is not supported"):
+        parse_recipe(doc, Path("r.yaml"))
