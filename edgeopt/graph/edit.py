@@ -24,7 +24,24 @@ def to_ir(model: onnx.ModelProto, lift_constants: bool = True) -> ir.Model:
     ir_model = ir.from_proto(model)
     if lift_constants:
         LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1)(ir_model)
+        _detach_lifted_tensors(ir_model.graph)
     return ir_model
+
+
+def _detach_lifted_tensors(graph: ir.Graph) -> None:
+    """Copy the tensors lifted from Constant nodes whose name differs from their value's.
+
+    Serializing writes the value's name into the TensorProto a tensor wraps, which
+    for a lifted Constant is the input model's own attribute: without the copy,
+    to_proto would edit the caller's model.
+    """
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.serde.TensorProtoTensor) and tensor.name != value.name:
+            proto = onnx.TensorProto()
+            proto.CopyFrom(tensor.raw)
+            proto.name = value.name
+            value.const_value = ir.serde.TensorProtoTensor(proto)
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

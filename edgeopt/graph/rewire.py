@@ -5,6 +5,7 @@ constants, and splice a node out of the graph without losing a graph output's na
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from edgeopt.graph.edit import const_array
@@ -30,11 +31,11 @@ def scalar_const(value: ir.Value | None) -> float | None:
     return float(flat[0])
 
 
-def broadcasts_into(const: ir.Value, other: ir.Value) -> bool:
-    """True when a constant combined elementwise with `other` cannot change `other`'s shape.
+def broadcasts_into(const: ir.Value, rank: int | None) -> bool:
+    """True when a constant combined elementwise with a tensor of `rank` cannot change its shape.
 
-    That holds when the constant has at most other's rank and only 1-sized dims
-    (a scalar, [1], [1,1,1,1]); other's rank must be known when the constant has dims.
+    That holds when the constant has only 1-sized dims (a scalar, [1], [1,1,1,1])
+    and at most that rank; with dims, the rank must be known.
     """
     array = const_array(const)
     if array is None:
@@ -43,8 +44,35 @@ def broadcasts_into(const: ir.Value, other: ir.Value) -> bool:
         return True
     if any(d != 1 for d in array.shape):
         return False
-    rank = other.shape.rank() if other.shape is not None else None
     return rank is not None and array.ndim <= rank
+
+
+class RankLookup:
+    """Ranks of tensors: from the value's shape, else from onnx shape inference on the
+    original model (run once, only if some value needs it)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self._model = model
+        self._ranks: dict[str, int] | None = None
+
+    def rank(self, value: ir.Value | None) -> int | None:
+        if value is None:
+            return None
+        if value.shape is not None:
+            return value.shape.rank()
+        if value.const_value is not None:
+            return len(value.const_value.shape)
+        if self._ranks is None:
+            self._ranks = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self._model)
+            except Exception:  # an op onnx does not know, or a model it rejects: ranks stay unknown
+                return None
+            g = inferred.graph
+            for vi in list(g.value_info) + list(g.input) + list(g.output):
+                if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                    self._ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+        return self._ranks.get(value.name)
 
 
 def only_consumer(value: ir.Value, node: ir.Node) -> bool:

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.graph.edit import add_initializer, const_array, opset, to_ir, to_proto
-from edgeopt.graph.rewire import attr, new_value, replace_value
+from edgeopt.graph.rewire import RankLookup, attr, new_value, replace_value
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 
 FOLD_INTO = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -60,7 +60,7 @@ class FoldBatchnorm(Pass):
         ir_model = to_ir(model)
         graph = ir_model.graph
         version = opset(ir_model)
-        ranks = _LazyRanks(model)
+        ranks = RankLookup(model)
         notes: list[NodeNote] = []
         counts = {"folded": 0, "decomposed": 0, "skipped": 0}
         for bn in list(graph):
@@ -107,29 +107,6 @@ class FoldBatchnorm(Pass):
         return PassResult(out, modified, notes, summary if total else "no BatchNormalization found")
 
 
-class _LazyRanks:
-    """Ranks of tensors by name, from onnx shape inference, run only if a BN needs one."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self._model = model
-        self._ranks: dict[str, int] | None = None
-
-    def rank(self, value: ir.Value) -> int | None:
-        if value.shape is not None:
-            return value.shape.rank()
-        if self._ranks is None:
-            self._ranks = {}
-            try:
-                inferred = onnx.shape_inference.infer_shapes(self._model)
-            except Exception:  # an unknown op or a bad model: ranks stay unknown
-                return None
-            g = inferred.graph
-            for vi in list(g.value_info) + list(g.input) + list(g.output):
-                if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-                    self._ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-        return self._ranks.get(value.name)
-
-
 def _bn_stats(bn: ir.Node) -> tuple[_Stats | None, str]:
     """The BN's per-channel scale and shift, or None and the reason it cannot be folded."""
     if attr(bn, "training_mode", 0):
@@ -159,7 +136,7 @@ def _bn_stats(bn: ir.Node) -> tuple[_Stats | None, str]:
 
 
 def _fold(graph: ir.Graph, bn: ir.Node, producer: ir.Node | None, stats: _Stats, params: Params,
-          version: int, ranks: _LazyRanks) -> str | None:
+          version: int, ranks: RankLookup) -> str | None:
     """Fold into the producer and return None, or return why not ("shared:..." if only sharing stops it)."""
     if producer is None:
         return "its input is a graph input" if bn.inputs[0].is_graph_input() else "its input is a constant"
@@ -208,7 +185,7 @@ def _bias(node: ir.Node, index: int, channels: int) -> tuple[np.ndarray | None, 
     return np.asarray(b, dtype=np.float64), ""
 
 
-def _plan_conv(conv: ir.Node, stats: _Stats, version: int, ranks: _LazyRanks):
+def _plan_conv(conv: ir.Node, stats: _Stats, version: int, ranks: RankLookup):
     w, why = _weight(conv)
     if w is None:
         return why
@@ -222,7 +199,7 @@ def _plan_conv(conv: ir.Node, stats: _Stats, version: int, ranks: _LazyRanks):
             "b": (b * stats.scale + stats.shift).astype(w.dtype), "b_index": 2}
 
 
-def _plan_conv_transpose(conv: ir.Node, stats: _Stats, version: int, ranks: _LazyRanks):
+def _plan_conv_transpose(conv: ir.Node, stats: _Stats, version: int, ranks: RankLookup):
     w, why = _weight(conv)
     if w is None:
         return why
@@ -242,7 +219,7 @@ def _plan_conv_transpose(conv: ir.Node, stats: _Stats, version: int, ranks: _Laz
             "b": (b * stats.scale + stats.shift).astype(w.dtype), "b_index": 2}
 
 
-def _plan_gemm(gemm: ir.Node, stats: _Stats, version: int, ranks: _LazyRanks):
+def _plan_gemm(gemm: ir.Node, stats: _Stats, version: int, ranks: RankLookup):
     if version < 7:
         return f"Gemm at opset {version} (bias broadcasting needs opset 7+)"
     if len(gemm.inputs) < 2 or gemm.inputs[1] is None:
@@ -275,7 +252,7 @@ def _plan_gemm(gemm: ir.Node, stats: _Stats, version: int, ranks: _LazyRanks):
     return plan
 
 
-def _plan_matmul(matmul: ir.Node, stats: _Stats, version: int, ranks: _LazyRanks):
+def _plan_matmul(matmul: ir.Node, stats: _Stats, version: int, ranks: RankLookup):
     x, weight = matmul.inputs[0], matmul.inputs[1]
     w = const_array(weight)
     if w is None:
@@ -328,7 +305,7 @@ def _replace_bn(graph: ir.Graph, bn: ir.Node, value: ir.Value) -> None:
     graph.remove(bn, safe=True)
 
 
-def _decompose(graph: ir.Graph, bn: ir.Node, stats: _Stats, ranks: _LazyRanks) -> str:
+def _decompose(graph: ir.Graph, bn: ir.Node, stats: _Stats, ranks: RankLookup) -> str:
     """BN -> Mul(scale) + Add(shift) with constants shaped [C, 1, ...]; returns a problem or ''."""
     x = bn.inputs[0]
     rank = ranks.rank(x)
