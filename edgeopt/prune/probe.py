@@ -1,0 +1,67 @@
+"""Intermediate tensors on calibration data, a chunk of samples at a time (one onnxruntime session).
+
+`edgeopt.graph.activations.collect_activations` returns every sample at once;
+pruning statistics only need running sums, and a whole calibration set of
+feature maps does not fit in memory on bigger models.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from edgeopt.graph.shapes import graph_inputs
+from edgeopt.verify.runtime import make_session
+
+
+def subsample(data: dict[str, np.ndarray], max_samples: int, seed: int) -> dict[str, np.ndarray]:
+    """At most max_samples samples, chosen with the seed (kept in their original order)."""
+    n = len(next(iter(data.values())))
+    if n <= max_samples:
+        return data
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _static_batch(model: onnx.ModelProto) -> int | None:
+    for vi in graph_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value
+    return None
+
+
+class Probe:
+    """Run a model with some intermediate tensors exposed as outputs."""
+
+    def __init__(self, model: onnx.ModelProto, names: list[str]):
+        self.names = list(dict.fromkeys(names))
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        existing = [o.name for o in probe.graph.output]
+        for name in self.names:
+            if name not in existing:
+                probe.graph.output.add().name = name
+        self.session = make_session(probe)
+        self.static_batch = _static_batch(model)
+
+    def chunks(self, data: dict[str, np.ndarray], chunk: int = 64) -> Iterator[dict[str, np.ndarray]]:
+        """The named tensors, `chunk` samples at a time (a multiple of a fixed batch)."""
+        n = len(next(iter(data.values())))
+        step = chunk
+        if self.static_batch:
+            step = self.static_batch * max(1, chunk // self.static_batch)
+        for start in range(0, n, step):
+            feeds = {k: v[start:start + step] for k, v in data.items()}
+            if self.static_batch and len(next(iter(feeds.values()))) % self.static_batch:
+                break
+            yield dict(zip(self.names, self.session.run(self.names, feeds)))
+
+    def all(self, data: dict[str, np.ndarray], chunk: int = 64) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in self.names}
+        for out in self.chunks(data, chunk):
+            for name, arr in out.items():
+                parts[name].append(arr)
+        return {n: np.concatenate(p) for n, p in parts.items()}
