@@ -22,6 +22,7 @@ in GB/s (10^9 bytes/s), memory in bytes, power in W, energy in pJ.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ MARKS = ("P", "M", "I", "C")
 _TOP_KEYS = {
     "name", "title", "kind", "notes", "precisions", "default_precision", "peak_gops", "dram_gbps",
     "onchip_bytes", "onchip_gbps", "power_w", "alignment", "efficiency", "fuses", "energy_pj",
-    "sparse_weights", "layer_overhead_us", "cores",
+    "sparse_weights", "layer_overhead_us", "run_overhead_us", "cores",
 }
 _FIGURE_KEYS = {"value", "source", "mark", "note", "assume", "unit"}
 
@@ -72,8 +73,13 @@ class Figure:
             if self.assume is not None:
                 text += f" (assumed {self.assume:g})"
         else:
-            text = f"{self.value:g}" if isinstance(self.value, (int, float)) and not isinstance(
-                self.value, bool) else str(self.value)
+            value = self.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                text = str(value)
+            elif float(value).is_integer() and abs(value) >= 1e5:
+                text = str(int(value))
+            else:
+                text = f"{value:g}"
         return text
 
 
@@ -99,6 +105,7 @@ class Device:
         energy_pj_per_mac: per precision; energy_pj_per_dram_byte / _sram_byte.
         sparse_weights: whether weights can stay sparse-encoded in memory.
         layer_overhead_us: fixed cost per executed layer (dispatch), µs.
+        run_overhead_us: fixed cost per inference (runtime call, input / output copies), µs.
         calibrated: True when measured factors from `edgeopt calibrate host` are in use.
     """
 
@@ -120,6 +127,7 @@ class Device:
     energy_pj_per_sram_byte: Figure
     sparse_weights: Figure
     layer_overhead_us: Figure
+    run_overhead_us: Figure = field(default_factory=Figure)
     kind: str = ""
     notes: str = ""
     cores: Figure = field(default_factory=Figure)
@@ -183,6 +191,11 @@ class Device:
         value = self.layer_overhead_us.effective
         return 0.0 if value is None else float(value) * 1e-6
 
+    @property
+    def run_overhead_s(self) -> float:
+        value = self.run_overhead_us.effective
+        return 0.0 if value is None else float(value) * 1e-6
+
     def figures(self) -> list[tuple[str, Figure]]:
         """Every figure with a dotted key, for `edgeopt devices NAME` and for assumption lists."""
         out: list[tuple[str, Figure]] = []
@@ -198,6 +211,7 @@ class Device:
         out.append(("energy_pj.sram_byte", self.energy_pj_per_sram_byte))
         out.append(("sparse_weights", self.sparse_weights))
         out.append(("layer_overhead_us", self.layer_overhead_us))
+        out.append(("run_overhead_us", self.run_overhead_us))
         return out
 
     def assumptions(self) -> list[str]:
@@ -384,6 +398,7 @@ def parse_device(data: dict, path: Path | str = "<device>") -> Device:
         energy_pj_per_sram_byte=_figure(energy_raw.get("sram_byte"), "energy_pj.sram_byte", fail, positive=True),
         sparse_weights=sparse,
         layer_overhead_us=_figure(data.get("layer_overhead_us"), "layer_overhead_us", fail, nonneg=True),
+        run_overhead_us=_figure(data.get("run_overhead_us"), "run_overhead_us", fail, nonneg=True),
     )
 
 
@@ -441,10 +456,10 @@ def apply_host_calibration(device: Device, path: Path | None = None) -> Device:
     dram = device.dram_gbps
     if isinstance(data.get("dram_gbps"), (int, float)) and data["dram_gbps"] > 0:
         dram = Figure(float(data["dram_gbps"]), source=source, mark="C")
-    overhead = device.layer_overhead_us
-    if isinstance(data.get("layer_overhead_us"), (int, float)) and data["layer_overhead_us"] >= 0:
-        overhead = Figure(float(data["layer_overhead_us"]), source=source, mark="C")
-    import dataclasses
-
-    return dataclasses.replace(device, efficiency=efficiency, dram_gbps=dram, layer_overhead_us=overhead,
-                               calibrated=True, calibration=data)
+    overheads = {}
+    for key in ("layer_overhead_us", "run_overhead_us"):
+        value = data.get(key)
+        if isinstance(value, (int, float)) and value >= 0:
+            overheads[key] = Figure(float(value), source=source, mark="C")
+    return dataclasses.replace(device, efficiency=efficiency, dram_gbps=dram, calibrated=True, calibration=data,
+                               **overheads)

@@ -7,6 +7,9 @@
 - p, the compute precision: the layer's stored precision (its weights', else
   its input activation's) if the device computes in it, else the nearest it
   does (Device.compute_precision). Activations take p's width on the device.
+- Weights that all fit the on-chip memory together stay there across
+  inferences (a Coral Edge TPU caches them, a CPU's last-level cache keeps
+  them warm): they move no DRAM bytes, and the activations get what is left.
 - dram_bytes: the weights, moved once (at their stored size, or at p's width
   when that is smaller: an fp32 weight on an fp16 device is converted once
   offline), plus the input and output activations only when the working set
@@ -65,19 +68,34 @@ def device_act_bytes(device: Device | None, item: ActItem) -> int | None:
     return int(item.numel * PRECISION_BYTES[p] + 0.5)
 
 
+def device_weight_bytes(device: Device, stored_precision: str | None, weights: list[WeightItem]) -> int:
+    """Weight bytes as the device holds them: stored size, or the compute width when smaller."""
+    width = PRECISION_BYTES[device.compute_precision(stored_precision or device.default_precision)]
+    return sum(min(w.stored_bytes, int(w.numel * width + 0.5)) for w in weights)
+
+
 def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | None, stored_precision: str,
-               weights: list[WeightItem], acts: list[ActItem]) -> LayerCost:
+               weights: list[WeightItem], acts: list[ActItem], weights_resident: bool = False,
+               resident_bytes: int = 0) -> LayerCost:
+    """Roofline cost of one layer (or fusion group).
+
+    weights_resident: all the model's weights (`resident_bytes`) stay in on-chip memory
+    across inferences, so weights move no DRAM bytes and activations have the rest.
+    """
     p = device.compute_precision(stored_precision or device.default_precision)
-    width = PRECISION_BYTES[p]
-    weight_bytes = sum(min(w.stored_bytes, int(w.numel * width + 0.5)) for w in weights)
+    weight_bytes = device_weight_bytes(device, stored_precision, weights)
     act_sizes = [device_act_bytes(device, a) for a in acts]
     if ops is None or any(s is None for s in act_sizes):
         return LayerCost(p, weight_bytes, None, None, None, None, None, None, None, None, None)
     act_bytes = sum(act_sizes)
     working_set = weight_bytes + act_bytes
     capacity = device.onchip_capacity
-    fits = capacity is not None and working_set <= capacity
-    dram_bytes = weight_bytes + (0 if fits else act_bytes)
+    if weights_resident and capacity is not None:
+        fits = act_bytes <= capacity - resident_bytes
+        dram_bytes = 0 if fits else act_bytes
+    else:
+        fits = capacity is not None and working_set <= capacity
+        dram_bytes = weight_bytes + (0 if fits else act_bytes)
 
     if op_class == VIEW:
         return LayerCost(p, weight_bytes, 0.0, 0.0, 0.0, 0, working_set, fits, "free", 0.0, None)

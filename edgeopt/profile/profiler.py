@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from edgeopt.devices import Device
-from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, layer_cost
+from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, device_weight_bytes, layer_cost
 from edgeopt.profile.counting import VIEW, count_node
 from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
 from edgeopt.profile.memory import act_inputs, decide_fusion, liveness
@@ -84,8 +84,11 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
         counts[idx] = count_node(node, ins, outs)
 
     table = WeightTable(info)
-    weights = {idx: table.layer_weights(idx, [i for i in info.nodes[idx].input if i and i in info.const])
-               for idx in order}
+    weights = {}
+    for idx in order:
+        node = info.nodes[idx]
+        buffers = frozenset(node.input[3:5]) if node.op_type == "BatchNormalization" else frozenset()
+        weights[idx] = table.layer_weights(idx, [i for i in node.input if i and i in info.const], buffers)
     sparse_ok = bool(device and device.supports_sparse)
     fusion = decide_fusion(info, order, counts, device.fuses if device else ())
     live = liveness(info, order, fusion.virtual, fusion.alias, fusion)
@@ -122,6 +125,14 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
         by_idx[idx] = layer
 
     # cost per group: an anchor with the ops fused into it, or a layer on its own
+    resident, resident_bytes = False, 0
+    if device is not None and device.onchip_capacity is not None:
+        for idx in order:
+            if idx not in fusion.anchor_of:
+                roots = [r for m in [idx] + fusion.members.get(idx, []) for r in weights[m].roots if r in table.stored]
+                resident_bytes += device_weight_bytes(device, by_idx[idx]["stored_precision"], [
+                    WeightItem(table.stored[r].bytes_on(sparse_ok), table.stored[r].numel) for r in roots])
+        resident = resident_bytes <= device.onchip_capacity
     for idx in order:
         if idx in fusion.anchor_of:
             layer = by_idx[idx]
@@ -152,7 +163,8 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
                 layer["arithmetic_intensity"] = ops / touched
             continue
         cost = layer_cost(device, op_class=counts[idx].op_class, macs=counts[idx].macs, ops=ops,
-                          stored_precision=layer["stored_precision"], weights=witems, acts=acts)
+                          stored_precision=layer["stored_precision"], weights=witems, acts=acts,
+                          weights_resident=resident, resident_bytes=resident_bytes)
         layer.update(
             compute_precision=cost.compute_precision,
             working_set_bytes=cost.working_set_bytes,
@@ -213,8 +225,9 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
     energies = [l.get("est_energy_mj") for l in counted]
     capacity = device.onchip_capacity
     weight_device = sum(l.get("device_weight_bytes") or 0 for l in layers)
+    resident = capacity is not None and weight_device <= capacity
     totals.update(
-        est_latency_ms=None if any(v is None for v in latencies) else sum(latencies),
+        est_latency_ms=None if any(v is None for v in latencies) else sum(latencies) + device.run_overhead_s * 1e3,
         est_energy_mj=None if any(v is None for v in energies) else sum(energies),
         est_compute_ms=sum(l.get("compute_ms") or 0 for l in layers if l.get("bound") == "compute"),
         est_memory_ms=sum(l.get("memory_ms") or 0 for l in layers if l.get("bound") == "memory"),
@@ -225,7 +238,8 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
         dram_bytes=sum(l.get("dram_bytes") or 0 for l in layers),
         onchip_bytes=capacity,
         device_weight_bytes=weight_device,
-        weights_fit_onchip=None if capacity is None else weight_device <= capacity,
+        weights_fit_onchip=None if capacity is None else resident,
+        weights_resident=resident,
         peak_activation_fits_onchip=None if capacity is None or totals["peak_activation_bytes"] is None
         else totals["peak_activation_bytes"] <= capacity,
         device_calibrated=device.calibrated,

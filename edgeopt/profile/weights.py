@@ -99,8 +99,12 @@ class WeightTable:
         self.stored[name] = entry
         return entry
 
-    def layer_weights(self, node_idx: int, const_inputs: list[str]) -> LayerWeights:
-        """Params, newly used stored tensors and stored precision of one layer's constant inputs."""
+    def layer_weights(self, node_idx: int, const_inputs: list[str], buffers: frozenset = frozenset()) -> LayerWeights:
+        """Params, newly used stored tensors and stored precision of one layer's constant inputs.
+
+        `buffers` are constant inputs that are stored but are not parameters
+        (BatchNormalization running mean and variance, as torch counts them).
+        """
         out = LayerWeights()
         best_numel = -1
         for name in const_inputs:
@@ -110,7 +114,7 @@ class WeightTable:
             roots, decode_ops = self.info.const_roots(name)
             if name not in self._seen_delivered:
                 self._seen_delivered.add(name)
-                if t.numel is not None:
+                if t.numel is not None and name not in buffers:
                     out.params_count += t.numel
             main_root, main_numel = None, -1
             for root in sorted(roots):

@@ -1,0 +1,95 @@
+"""`edgeopt devices [NAME]`: the device profiles, or one with its figures and their sources."""
+
+from __future__ import annotations
+
+import click
+
+from edgeopt.cli.options import format_option
+from edgeopt.devices import Device, device_names, load_device
+from edgeopt.report import Column, Table, emit
+from edgeopt.report.units import nbytes
+
+
+def _value(fig) -> str:
+    return fig.describe() if fig is not None else "-"
+
+
+def device_doc(device: Device) -> dict:
+    return {
+        "name": device.name,
+        "title": device.title,
+        "path": device.path,
+        "kind": device.kind,
+        "precisions": list(device.precisions),
+        "default_precision": device.default_precision,
+        "channel_alignment": device.channel_alignment,
+        "alignment": device.alignment,
+        "fuses": list(device.fuses),
+        "calibrated": device.calibrated,
+        "notes": device.notes,
+        "figures": {key: {"value": fig.value, "assume": fig.assume, "mark": fig.mark, "source": fig.source,
+                          "note": fig.note} for key, fig in device.figures()},
+    }
+
+
+def _peak_text(device: Device) -> str:
+    parts = []
+    for p in device.precisions:
+        fig = device.peak_gops.get(p)
+        if fig is not None and fig.effective is not None:
+            parts.append(f"{p} {fig.effective:g}")
+    return ", ".join(parts)
+
+
+def _clip(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+@click.command("devices")
+@click.argument("name", required=False)
+@format_option
+def command(name, fmt):
+    """List the device profiles, or show one (NAME or a YAML path) with every figure and its source."""
+    if name is None:
+        devices = [load_device(n) for n in device_names()]
+        rows = [{
+            "name": d.name, "title": d.title, "precisions": ", ".join(d.precisions), "peak_gops": _peak_text(d),
+            "dram_gbps": d.dram_gbps.effective, "onchip_bytes": d.onchip_capacity, "power_w": d.power_w.value,
+            "calibrated": d.calibrated if d.name == "host" else None,
+        } for d in devices]
+        table = Table(title="device profiles (edgeopt devices NAME for figures and sources)", rows=rows, columns=[
+            Column("name", "name", justify="left"),
+            Column("title", "device", justify="left"),
+            Column("precisions", "precisions", justify="left"),
+            Column("peak_gops", "peak GOPS", justify="left"),
+            Column("dram_gbps", "DRAM GB/s"),
+            Column("onchip_bytes", "on-chip", nbytes),
+            Column("power_w", "W"),
+            Column("calibrated", "calibrated"),
+        ])
+        emit({"devices": [device_doc(d) for d in devices]}, [table], fmt)
+        return
+    device = load_device(name)
+    limit = 110 if fmt == "table" else None
+    rows = [{"figure": key, "value": _value(fig), "mark": fig.mark or "",
+             "source": _clip(fig.source or fig.note or ("no source given" if fig.value is not None else ""), limit)}
+            for key, fig in device.figures()]
+    rows += [
+        {"figure": "precisions", "value": ", ".join(device.precisions), "mark": "", "source": ""},
+        {"figure": "channel_alignment", "value": str(device.channel_alignment), "mark": "",
+         "source": ", ".join(f"{k} x{v}" for k, v in device.alignment.items())},
+        {"figure": "fuses", "value": ", ".join(device.fuses) or "-", "mark": "", "source": ""},
+    ]
+    footer = [device.notes] if device.notes else []
+    if device.name == "host":
+        footer.append("calibrated on this machine" if device.calibrated
+                      else "not calibrated: run `edgeopt calibrate host`")
+    table = Table(title=f"{device.name}: {device.title}", rows=rows, footer=footer, columns=[
+        Column("figure", "figure", justify="left"),
+        Column("value", "value", justify="left"),
+        Column("mark", "P/M/I/C", justify="left"),
+        Column("source", "source / note", justify="left"),
+    ])
+    emit(device_doc(device), [table], fmt)

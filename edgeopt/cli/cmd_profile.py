@@ -1,0 +1,145 @@
+"""`edgeopt profile MODEL --device NAME`: analytic profile on a device, and measured latency here."""
+
+from __future__ import annotations
+
+import click
+
+from edgeopt.cli.options import Progress, device_option, format_option, input_shape_option, quiet_option
+from edgeopt.devices import load_device
+from edgeopt.graph.io import load_model
+from edgeopt.profile import make_session, measure_latency, profile_model, random_feeds
+from edgeopt.report import Column, Table, emit
+from edgeopt.report.units import count, fixed, nbytes
+
+
+class _Fig:
+    """A value shown formatted in tables and raw in CSV."""
+
+    def __init__(self, raw, text: str):
+        self.raw, self.text = raw, text
+
+    def __str__(self) -> str:
+        return "" if self.raw is None else str(self.raw)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
+
+
+def _yes(value) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def totals_table(doc: dict) -> Table:
+    t = doc["totals"]
+    rows = [
+        ("MACs", "macs", count(t["macs"])),
+        ("ops", "ops", count(t["ops"])),
+        ("params", "params_count", count(t["params_count"])),
+        ("weight bytes", "weight_bytes", nbytes(t["weight_bytes"])),
+        ("weight bytes by type", "weight_bytes_by_dtype",
+         ", ".join(f"{k} {nbytes(v)}" for k, v in t["weight_bytes_by_dtype"].items()) or "-"),
+        ("weight bytes, sparse-encoded", "weight_bytes_sparse", nbytes(t["weight_bytes_sparse"])),
+        ("ops per weight byte", "ops_per_weight_byte", fixed(1)(t["ops_per_weight_byte"])),
+        ("peak activation", "peak_activation_bytes", nbytes(t["peak_activation_bytes"])),
+        ("peak at layer", "peak_activation_at", t["peak_activation_at"] or "-"),
+        ("coverage", "coverage", f"{t['coverage_text']}" + (
+            f" (not counted: {', '.join(f'{k} x{v}' for k, v in t['uncounted_ops'].items())})"
+            if t["uncounted_ops"] else "")),
+    ]
+    if doc["device"]:
+        rows += [
+            ("est. latency", "est_latency_ms", _ms(t["est_latency_ms"])),
+            ("est. energy", "est_energy_mj", "-" if t["est_energy_mj"] is None else f"{t['est_energy_mj']:.3f} mJ"),
+            ("layers compute / memory-bound / fused", "bound_counts",
+             f"{t['compute_bound_layers']} / {t['memory_bound_layers']} / {t['fused_layers']}"),
+            ("on-chip memory", "onchip_bytes", nbytes(t["onchip_bytes"])),
+            ("weights fit on chip", "weights_fit_onchip", _yes(t["weights_fit_onchip"])),
+            ("peak activation fits on chip", "peak_activation_fits_onchip", _yes(t["peak_activation_fits_onchip"])),
+            ("layers spilling to DRAM", "spilling_layers", str(t["spilling_layers"])),
+        ]
+        if t.get("assumptions"):
+            rows.append(("assumed device figures", "assumptions", ", ".join(t["assumptions"])))
+    rows.append(("measured latency (this host, onnxruntime)", "measured_latency_ms", _ms(t["measured_latency_ms"])))
+    if t.get("predicted_to_measured") is not None:
+        rows.append(("predicted / measured", "predicted_to_measured", f"{t['predicted_to_measured']:.2f}"))
+    raw = {key: t.get(key) for _, key, _ in rows}
+    raw["bound_counts"] = (f"{t.get('compute_bound_layers')}/{t.get('memory_bound_layers')}/{t.get('fused_layers')}"
+                           if doc["device"] else None)
+    table_rows = [{"figure": label, "key": key, "value": _Fig(raw[key], text)} for label, key, text in rows]
+    title = f"{doc['model']} on {doc['device'] or 'no device'}"
+    return Table(title=title, rows=table_rows, columns=[
+        Column("figure", "figure", justify="left"),
+        Column("value", "value", fmt=lambda v: v.text if isinstance(v, _Fig) else str(v), justify="left"),
+    ])
+
+
+def layers_table(prof, top: int | None) -> Table:
+    ranked = prof.top_layers()
+    shown = ranked[:top] if top else ranked
+    footer = [f"{len(ranked) - len(shown)} more layers not shown (--top 0 shows all)"] if len(shown) < len(ranked) else []
+    columns = [
+        Column("name", "layer", justify="left"),
+        Column("op_type", "op", justify="left"),
+        Column("macs", "MACs", count),
+        Column("params_count", "params", count),
+        Column("weight_bytes", "weights", nbytes),
+        Column("output_bytes", "output", nbytes),
+        Column("arithmetic_intensity", "ops/B", fixed(1)),
+    ]
+    if prof.device:
+        columns += [
+            Column("compute_precision", "prec", justify="left"),
+            Column("fits_onchip", "on-chip"),
+            Column("est_latency_ms", "est ms", fixed(4)),
+            Column("bound", "bound", justify="left"),
+        ]
+    return Table(title="layers, most expensive first", columns=columns, rows=shown, footer=footer)
+
+
+@click.command("profile")
+@click.argument("model_path", metavar="MODEL")
+@device_option()
+@click.option("--per-layer", is_flag=True, help="Also print the layer table, most expensive first.")
+@click.option("--top", type=click.IntRange(min=0), default=25, show_default=True,
+              help="Layers shown in the table format (0: all; csv / markdown / json show all).")
+@click.option("--no-measure", is_flag=True, help="Skip the measured onnxruntime latency on this machine.")
+@input_shape_option
+@format_option
+@quiet_option
+def command(model_path, device, per_layer, top, no_measure, input_shapes, fmt, quiet):
+    """Analytic profile of MODEL on a device (default: host), next to the latency measured here.
+
+    Counts MACs, params, weight bytes by stored type, activation memory
+    (liveness peak) and a roofline latency / energy estimate per layer from
+    the device profile (see `edgeopt devices`).
+    """
+    progress = Progress(quiet)
+    dev = load_device(device or "host")
+    if dev.name == "host" and not dev.calibrated:
+        progress.warn("the host profile is not calibrated (defaults in use); run `edgeopt calibrate host` "
+                      "for estimates fitted to this machine")
+    model = load_model(model_path)
+    prof = profile_model(model, dev, input_shapes)
+    totals = prof.totals
+    if totals["uncounted_ops"]:
+        progress.warn(f"coverage {totals['coverage_text']}: not counted: "
+                      + ", ".join(f"{k} x{v}" for k, v in totals["uncounted_ops"].items()))
+    if not no_measure:
+        progress.info("measuring latency with onnxruntime ...")
+        session = make_session(model)
+        totals["measured_latency_ms"] = measure_latency(session, random_feeds(session, prof.input_shapes))
+        if dev.name == "host" and totals["est_latency_ms"]:
+            totals["predicted_to_measured"] = totals["est_latency_ms"] / totals["measured_latency_ms"]
+    doc = prof.to_dict(model=model_path)
+    tables = [totals_table(doc)]
+    if per_layer:
+        tables.append(layers_table(prof, None if fmt != "table" else top))
+    emit(doc, tables, fmt)
+
+
+__all__ = ["command"]

@@ -1,0 +1,178 @@
+"""Calibrating the host profile: micro-benchmarks with onnxruntime, fitted efficiency factors.
+
+Each micro-benchmark is a one-node ONNX model (dense 3x3 conv, depthwise 3x3
+conv, batch-1 fully connected, element-wise Add) at a few sizes typical of
+edge CNNs, timed with `measure_latency`. Two more runs fix the fixed costs:
+a one-node model on a tiny tensor gives the per-run cost of `session.run`, a
+chain of tiny nodes gives the per-node dispatch cost. Then, per op class,
+
+    efficiency = sum(ops / peak) / sum(measured - fixed costs - memory time)
+
+(a time-weighted fit, which is what a summed network latency needs), and
+DRAM bandwidth = bytes / time of an Add too large for the caches. The result
+goes to $EDGEOPT_CACHE_DIR/host.yaml (default ~/.cache/edgeopt/host.yaml),
+which `load_device("host")` overlays on the static host profile.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeopt.devices import Device, host_calibration_path
+from edgeopt.devices.hostinfo import cpu_info, cpu_signature
+from edgeopt.graph.io import write_atomic
+from edgeopt.profile.measure import measure_latency
+
+OPSET = 17
+
+
+@dataclass
+class Sample:
+    op_class: str
+    label: str
+    ops: int
+    bytes: int  # activation + weight bytes touched
+    measured_ms: float
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "calib", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _vi(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _w(name, shape, rng):
+    return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+
+
+def conv_model(c_in: int, c_out: int, hw: int, group: int, rng) -> tuple[onnx.ModelProto, int, int]:
+    w_shape = [c_out, c_in // group, 3, 3]
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], group=group)
+    model = _model([node], [_vi("x", [1, c_in, hw, hw])], [_vi("y", [1, c_out, hw, hw])],
+                   [_w("w", w_shape, rng), _w("b", [c_out], rng)])
+    macs = c_out * hw * hw * (c_in // group) * 9
+    nbytes = 4 * (c_in * hw * hw + c_out * hw * hw + math.prod(w_shape))
+    return model, 2 * macs + c_out * hw * hw, nbytes
+
+
+def gemm_model(k: int, n: int, rows: int, rng) -> tuple[onnx.ModelProto, int, int]:
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    model = _model([node], [_vi("x", [rows, k])], [_vi("y", [rows, n])], [_w("w", [n, k], rng), _w("b", [n], rng)])
+    return model, 2 * rows * n * k + rows * n, 4 * (rows * k + n * k + rows * n)
+
+
+def add_model(numel: int, chain: int = 1) -> tuple[onnx.ModelProto, int, int]:
+    nodes, prev = [], "x"
+    for i in range(chain):
+        out = "y" if i == chain - 1 else f"t{i}"
+        nodes.append(helper.make_node("Add", [prev, "x"], [out]))
+        prev = out
+    model = _model(nodes, [_vi("x", [1, numel])], [_vi("y", [1, numel])], [])
+    return model, numel * chain, 12 * numel * chain
+
+
+def _feeds(model: onnx.ModelProto, rng) -> dict:
+    feeds = {}
+    for vi in model.graph.input:
+        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _time(model, rng, budget: float) -> float:
+    return measure_latency(model, _feeds(model, rng), warmup=2, min_runs=3, max_seconds=budget)
+
+
+def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> dict:
+    """Run the micro-benchmarks, fit the host factors, store them; returns the stored mapping.
+
+    `budget_s` is the timing budget per micro-benchmark (the whole run is ~20 of them).
+    """
+    import onnxruntime
+
+    say = progress or (lambda message: None)
+    rng = np.random.default_rng(0)
+    base = _static_host()
+    peak = base.peak_ops_per_s("fp32")
+
+    say("calibrate: fixed costs (session.run, per node)")
+    t_one = _time(add_model(16, 1)[0], rng, budget_s)
+    chain = 32
+    t_chain = _time(add_model(16, chain)[0], rng, budget_s)
+    node_us = max((t_chain - t_one) / (chain - 1) * 1e3, 0.0)
+    run_us = max(t_one * 1e3 - node_us, 0.0)
+
+    say("calibrate: DRAM bandwidth (Add larger than the caches)")
+    big = max(int((base.onchip_capacity or 32 << 20) * 1.5 / 12), 1 << 20)
+    model, _, nbytes = add_model(big)
+    t_big = _time(model, rng, budget_s)
+    kernel_s = max(t_big * 1e-3 - (run_us + node_us) * 1e-6, 1e-9)
+    dram_gbps = nbytes / kernel_s / 1e9
+
+    benches = {
+        "conv": [conv_model(32, 32, 56, 1, rng), conv_model(64, 64, 28, 1, rng), conv_model(128, 128, 14, 1, rng),
+                 conv_model(256, 256, 7, 1, rng)],
+        "depthwise": [conv_model(96, 96, 56, 96, rng), conv_model(192, 192, 28, 192, rng),
+                      conv_model(384, 384, 14, 384, rng), conv_model(960, 960, 7, 960, rng)],
+        "gemm": [gemm_model(1280, 1000, 1, rng), gemm_model(512, 10, 1, rng), gemm_model(256, 256, 64, rng)],
+        "elementwise": [add_model(64 * 56 * 56), add_model(128 * 28 * 28), add_model(256 * 14 * 14)],
+    }
+    samples: list[Sample] = []
+    efficiency = {}
+    fixed_s = (run_us + node_us) * 1e-6
+    for op_class, models in benches.items():
+        say(f"calibrate: {op_class}")
+        ideal, spent = 0.0, 0.0
+        for model, ops, nbytes in models:
+            measured = _time(model, rng, budget_s)
+            samples.append(Sample(op_class, _label(model), ops, nbytes, measured))
+            kernel = measured * 1e-3 - fixed_s
+            weights = sum(math.prod(i.dims) * 4 for i in model.graph.initializer)
+            mem_s = weights / (dram_gbps * 1e9) if weights > (base.onchip_capacity or 0) else 0.0
+            ideal += ops / peak
+            spent += max(kernel - mem_s, 1e-7)
+        efficiency[op_class] = round(min(max(ideal / spent, 1e-4), 1.0), 5)
+
+    result = {
+        "cpu": cpu_signature(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "onnxruntime": onnxruntime.__version__,
+        "budget_s": budget_s,
+        "peak_gops_fp32": base.peak_gops["fp32"].value,
+        "efficiency": efficiency,
+        "dram_gbps": round(dram_gbps, 3),
+        "layer_overhead_us": round(node_us, 3),
+        "run_overhead_us": round(run_us, 3),
+        "samples": [{"class": s.op_class, "what": s.label, "ops": s.ops, "bytes": s.bytes,
+                     "measured_ms": round(s.measured_ms, 5)} for s in samples],
+        "machine": cpu_info()["model"],
+    }
+    if write:
+        path = host_calibration_path()
+        write_atomic(path, yaml.safe_dump(result, sort_keys=False).encode())
+        result["path"] = str(path)
+    return result
+
+
+def _static_host() -> Device:
+    from edgeopt.devices import DEVICE_DIR, _load_file
+
+    return _load_file(DEVICE_DIR / "host.yaml")
+
+
+def _label(model: onnx.ModelProto) -> str:
+    node = model.graph.node[0]
+    shape = "x".join(str(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim)
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    extra = f" group={group}" if group > 1 else ""
+    return f"{node.op_type} {shape}{extra}"
