@@ -1,0 +1,156 @@
+"""simplify (onnxsim) on tiny graphs: folding, Constant-node weights, dynamic batch, failure handling."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import tiny_classifier
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeopt.errors import UserError
+from edgeopt.passes import PassContext, get_pass
+from edgeopt.recipe.load import parse_recipe
+from edgeopt.verify.runtime import make_session
+
+SIMPLIFY = get_pass("simplify")
+TOL = 1e-5
+
+
+def simplify(model: onnx.ModelProto, **params):
+    before = model.SerializeToString(deterministic=True)
+    result = SIMPLIFY().apply(model, SIMPLIFY.Params(**params), PassContext())
+    assert model.SerializeToString(deterministic=True) == before, "the pass mutated its input"
+    onnx.checker.check_model(result.model, full_check=True)
+    onnx.shape_inference.infer_shapes(result.model, check_type=True, strict_mode=True, data_prop=True)
+    return result
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def assert_same(a, b, feeds, tol=TOL) -> None:
+    ra, rb = make_session(a).run(None, feeds), make_session(b).run(None, feeds)
+    err = max(float(np.max(np.abs(x - y))) for x, y in zip(ra, rb))
+    assert err <= tol, f"max abs error {err} > {tol}"
+
+
+def flatten_matmul(batch="N", weights_as_constants=True) -> onnx.ModelProto:
+    """x [N,2,2] -> Reshape to [N, -1] via Shape/Gather/Concat -> MatMul(W) -> Transpose(Transpose) -> Identity."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    wt = numpy_helper.from_array(rng.standard_normal((3, 3)).astype(np.float32), "wt")
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Constant", [], ["zero"], name="zero", value=numpy_helper.from_array(np.array([0], np.int64))),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="gather", axis=0),
+             helper.make_node("Constant", [], ["m1"], name="m1", value=numpy_helper.from_array(np.array([-1], np.int64))),
+             helper.make_node("Concat", ["n", "m1"], ["shp"], name="concat", axis=0),
+             helper.make_node("Reshape", ["x", "shp"], ["f"], name="reshape"),
+             helper.make_node("MatMul", ["f", "w"], ["m"], name="matmul"),
+             # a weight computed from constants at run time: folded at build time
+             helper.make_node("Transpose", ["wt"], ["wt_t"], name="transpose_w", perm=[1, 0]),
+             helper.make_node("MatMul", ["m", "wt_t"], ["m2"], name="matmul2"),
+             helper.make_node("Identity", ["m2"], ["y"], name="identity"),
+             helper.make_node("Relu", ["m"], ["dead"], name="dead_relu")]
+    inits = []
+    if weights_as_constants:
+        nodes = [helper.make_node("Constant", [], ["w"], name="w_const", value=w),
+                 helper.make_node("Constant", [], ["wt"], name="wt_const", value=wt)] + nodes
+    else:
+        inits = [w, wt]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def x_feed(batch: int):
+    return {"x": np.random.default_rng(batch).standard_normal((batch, 2, 2)).astype(np.float32)}
+
+
+def test_constant_node_weights_come_out_as_initializers_with_dynamic_batch_kept():
+    model = flatten_matmul("N", weights_as_constants=True)
+    result = simplify(model)
+    assert result.modified
+    out = ops(result.model)
+    assert "Constant" not in out and "Identity" not in out and "Transpose" not in out and "Relu" not in out
+    assert out["MatMul"] == 2 and out["Reshape"] == 1
+    assert len(result.model.graph.node) < len(model.graph.node)
+    inits = {i.name for i in result.model.graph.initializer}
+    assert "w" in inits  # the Constant-node weight is an initializer now
+    dim = result.model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "N"  # the symbolic batch stays symbolic
+    for batch in (1, 5):
+        assert_same(model, result.model, x_feed(batch))
+    actions = {(n.node, n.action) for n in result.notes}
+    assert ("transpose_w", "folded") in actions and ("dead_relu", "removed") in actions
+    assert ("w_const", "removed") in actions
+
+
+def test_static_shape_arithmetic_folds_to_a_constant_shape():
+    model = flatten_matmul(2, weights_as_constants=False)
+    result = simplify(model)
+    assert ops(result.model) == Counter({"Reshape": 1, "MatMul": 2})
+    assert_same(model, result.model, x_feed(2))
+
+
+def test_initializers_stay_initializers_and_bn_is_left_to_fold_batchnorm():
+    model = tiny_classifier()
+    result = simplify(model)
+    assert "Constant" not in ops(result.model)
+    assert ops(result.model)["BatchNormalization"] == 1
+    assert {i.name for i in result.model.graph.initializer} == {i.name for i in model.graph.initializer}
+    assert not [p for p in result.model.metadata_props if p.key.startswith("onnxsim.")]
+    feeds = {"input": np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)}
+    assert_same(model, result.model, feeds)
+    fused = simplify(model, fuse_batchnorm=True)
+    assert "BatchNormalization" not in ops(fused.model)
+    assert_same(model, fused.model, feeds, tol=1e-4)
+
+
+def test_onnxsim_failure_returns_the_model_unchanged_with_a_note(monkeypatch):
+    import onnxsim
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("No Op registered for Foo with domain_version of 13")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    model = tiny_classifier()
+    result = SIMPLIFY().apply(model, SIMPLIFY.Params(), PassContext())
+    assert result.model is model and not result.modified
+    assert result.notes[0].action == "skipped" and "No Op registered for Foo" in result.notes[0].reason
+
+
+def test_unknown_custom_op_does_not_crash_the_run():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Mystery", ["r"], ["y"], name="custom", domain="com.example")]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)])
+    result = SIMPLIFY().apply(model, SIMPLIFY.Params(), PassContext())
+    assert {n.op_type for n in result.model.graph.node} == {"Relu", "Mystery"}
+    if not result.modified:
+        assert result.model is model
+
+
+def test_deterministic_bytes():
+    model = flatten_matmul()
+    assert simplify(model).model.SerializeToString(deterministic=True) == \
+        simplify(model).model.SerializeToString(deterministic=True)
+
+
+def test_bad_parameter_is_rejected_with_its_location():
+    doc = {"model": "m.onnx", "passes": ["fold_batchnorm", {"simplify": {"fold_constant": False}}]}
+    with pytest.raises(UserError) as info:
+        parse_recipe(doc, Path("r.yaml"))
+    assert "passes[1].simplify" in str(info.value) and "did you mean 'fold_constants'" in str(info.value)
+    doc = {"model": "m.onnx", "passes": [{"simplify": {"optimize": 3}}]}
+    with pytest.raises(UserError) as info:
+        parse_recipe(doc, Path("r.yaml"))
+    assert "passes[0].simplify.optimize" in str(info.value)
