@@ -1,0 +1,221 @@
+"""quantize_static: int8 activations and weights in QDQ form, calibrated on the recipe's data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.quant.calibrate import StaticQuantizer
+from edgeopt.quant.opset import OpsetUpgradeError
+from edgeopt.quant.prepare import prepare_float
+from edgeopt.quant.runtime import ort_load_error
+from edgeopt.quant.select import excluded
+from edgeopt.quant.sensitivity import local_errors, quantized_nodes
+from edgeopt.quant.timing import interleaved_latency
+from edgeopt.verify.fidelity import compare
+from edgeopt.verify.inputs import random_inputs
+from edgeopt.verify.runtime import make_session, run_batched
+
+HEAVY_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+SENSITIVITY_SAMPLES = 64
+
+
+def _static_batch(model: onnx.ModelProto) -> int | None:
+    inits = {i.name for i in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value
+    return None
+
+
+def _take(feeds: dict[str, np.ndarray], n: int, multiple: int) -> dict[str, np.ndarray]:
+    """The first n samples (rounded down to a multiple of the model's fixed batch, at least one batch)."""
+    total = len(next(iter(feeds.values())))
+    n = min(n, total)
+    n = max(multiple, n - n % multiple)
+    return {k: v[:n] for k, v in feeds.items()}
+
+
+def _check(model: onnx.ModelProto) -> str | None:
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError
+        return f"fails the ONNX checker: {' '.join(str(exc).split())[:200]}"
+    problem = ort_load_error(model)
+    return f"onnxruntime cannot load it: {problem}" if problem else None
+
+
+@register
+class QuantizeStatic(Pass):
+    name = "quantize_static"
+    summary = "int8 activations and weights in QDQ form (QLinearConv / QLinearMatMul in onnxruntime), calibrated"
+    description = (
+        "Static int8 quantization with onnxruntime.quantization (QDQ format, int8 per-channel weights, uint8 "
+        "activations, int32 biases), calibrated on the recipe's data (minmax, percentile or entropy). "
+        "First the model is prepared so the quantizer can do its job: opset raised to 13, Constant-node "
+        "weights lifted to initializers, simplified, BatchNorm folded, nodes named. mode: auto then keeps in "
+        "float the nodes whose quantization costs the most fidelity (greedy, by measured local error growth, "
+        "until the outputs meet min_cosine and min_top1_agreement against the float model) and only keeps "
+        "the int8 model if its measured onnxruntime latency here beats the input model by latency_margin "
+        "(else retries with only Conv/Gemm/MatMul quantized, else leaves the model unchanged with the "
+        "figures). Without data in the recipe it calibrates on seeded random inputs and says so.")
+    lossless = False
+
+    @dataclass
+    class Params:
+        calibration: Literal["minmax", "percentile", "entropy"] = param(
+            "minmax", "how activation ranges are chosen from the calibration data")
+        percentile: float = param(99.999, "the percentile kept (calibration: percentile)", gt=50, le=100)
+        samples: int = param(256, "calibration samples taken from the recipe's data", ge=1)
+        per_channel: bool = param(True, "one weight scale per output channel (else per tensor)")
+        reduce_range: bool = param(
+            True, "7-bit weights: x86 CPUs without VNNI saturate int16 sums of uint8 x int8 products, which "
+                  "wrecks accuracy; false for full 8-bit weights on VNNI / ARM targets")
+        activation_type: Literal["uint8", "int8"] = param("uint8", "activation storage (uint8: asymmetric)")
+        mode: Literal["auto", "all"] = param(
+            "auto", "auto: keep in float what costs fidelity or host latency; all: quantize every node it can")
+        min_cosine: float = param(0.995, "auto: output cosine vs the float model the result must keep",
+                                  ge=0, le=1)
+        min_top1_agreement: float = param(0.99, "auto: top-1 agreement vs the float model (class scores)",
+                                          ge=0, le=1)
+        max_float_nodes: int = param(8, "auto: at most this many nodes put back in float for fidelity", ge=0)
+        check_latency: bool = param(
+            True, "auto: keep int8 only if it is faster here (false when this host is not the target)")
+        latency_margin: float = param(0.05, "auto: int8 must be at least this fraction faster than the input",
+                                      ge=0, lt=1)
+        exclude: list[str] = param(default_factory=list, help="node names, globs or op types left in float")
+
+    def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
+        def unchanged(reason: str, notes=None) -> PassResult:
+            notes = list(notes or []) + [NodeNote("(model)", "", "skipped", reason)]
+            return PassResult(model, False, notes, summary=f"left unchanged: {reason}")
+
+        try:
+            prepared, prep_steps = prepare_float(model, ctx)
+        except OpsetUpgradeError as exc:
+            return unchanged(str(exc))
+        multiple = _static_batch(prepared) or 1
+        if ctx.data:
+            feeds, source = ctx.data, "the recipe's data"
+        else:
+            shapes = dict(ctx.input_shapes)
+            if multiple == 1:
+                shapes = {k: [max(32, v[0])] + list(v[1:]) if v else v for k, v in shapes.items()}
+            feeds = random_inputs(prepared, shapes, ctx.seed).feeds if shapes else None
+            source = "seeded random inputs (no data in the recipe)"
+            if feeds is None:
+                return unchanged("no calibration data and no input shapes to make random inputs")
+        calib = _take(feeds, params.samples, multiple)
+        batch = multiple if multiple > 1 else min(32, len(next(iter(calib.values()))))
+
+        names = {n.name: n.op_type for n in prepared.graph.node}
+        user_excluded = {n: p for n, op in names.items() if (p := excluded(n, op, params.exclude))}
+        auto_excluded: dict[str, float] = {}
+        notes: list[NodeNote] = []
+        op_types = None
+        figures: dict = {"calibration": params.calibration, "samples": len(next(iter(calib.values()))),
+                         "prepared": prep_steps}
+        try:
+            sq = StaticQuantizer(prepared, calib, batch, params.calibration, params.percentile, params.per_channel,
+                                 params.reduce_range, params.activation_type)
+        except Exception as exc:
+            return unchanged(f"cannot hand the model to onnxruntime's quantizer: {' '.join(str(exc).split())[:200]}")
+        with sq:
+            def quantize(extra_excluded, only=None):
+                try:
+                    q = sq.quantize(sorted(set(user_excluded) | set(extra_excluded)), only)
+                except Exception as exc:  # onnxruntime's quantizer raises many types
+                    return None, f"onnxruntime's quantizer failed: {' '.join(str(exc).split())[:200]}"
+                problem = _check(q)
+                return (None, f"the quantized model {problem}") if problem else (q, None)
+
+            q, problem = quantize([])
+            if q is None:
+                return unchanged(problem)
+            if params.mode == "auto":
+                evals = _take(feeds, max(params.samples, 256), multiple)
+                ref = run_batched(make_session(model), model, evals)
+
+                def fidelity(candidate):
+                    return compare(ref, run_batched(make_session(candidate), candidate, evals))
+
+                def fid_ok(fid):
+                    top1 = fid.get("top1_agreement")
+                    return (fid.get("cosine") or 0) >= params.min_cosine and (
+                        top1 is None or top1 >= params.min_top1_agreement)
+
+                fid = fidelity(q)
+                sens_feeds = _take(evals, SENSITIVITY_SAMPLES, multiple)
+                while not fid_ok(fid) and len(auto_excluded) < params.max_float_nodes:
+                    cands = sorted(quantized_nodes(q) - set(user_excluded) - set(auto_excluded))
+                    errors = local_errors(prepared, q, sens_feeds, cands)
+                    if not errors:
+                        break
+                    worst = max(sorted(errors), key=lambda n: errors[n])
+                    auto_excluded[worst] = errors[worst]
+                    nxt, problem = quantize(auto_excluded)
+                    if nxt is None:
+                        return unchanged(problem)
+                    q, fid = nxt, fidelity(nxt)
+                figures.update({"cosine": fid.get("cosine"), "top1_agreement": fid.get("top1_agreement")})
+                if not fid_ok(fid):
+                    return unchanged(
+                        f"int8 misses the fidelity budget even with {len(auto_excluded)} nodes in float "
+                        f"(cosine {fid.get('cosine'):.4f} < {params.min_cosine} or top-1 agreement "
+                        f"{fid.get('top1_agreement')} < {params.min_top1_agreement})")
+                one = {k: v[:multiple] for k, v in feeds.items()}
+                lat_fp, lat_q = interleaved_latency([model, q], one) if params.check_latency else (0.0, 0.0)
+                if params.check_latency:
+                    figures.update({"latency_fp32_ms": round(lat_fp, 4), "latency_int8_ms": round(lat_q, 4)})
+                if params.check_latency and lat_q > lat_fp * (1 - params.latency_margin):
+                    heavy, _ = quantize(auto_excluded, HEAVY_OPS)
+                    lat_h = None
+                    if heavy is not None and fid_ok(fidelity(heavy)):
+                        lat_fp, lat_h = interleaved_latency([model, heavy], one)
+                    if lat_h is not None and lat_h <= lat_fp * (1 - params.latency_margin):
+                        q, op_types = heavy, HEAVY_OPS
+                        figures.update({"latency_fp32_ms": round(lat_fp, 4), "latency_int8_ms": round(lat_h, 4),
+                                        "only": HEAVY_OPS})
+                    else:
+                        return unchanged(
+                            f"int8 is not faster on this host: fp32 {lat_fp:.3f} ms vs int8 {lat_q:.3f} ms"
+                            + (f" ({lat_h:.3f} ms with only {'/'.join(HEAVY_OPS)})" if lat_h else "")
+                            + f"; needs a {params.latency_margin:.0%} gain")
+
+        quantized = quantized_nodes(q)
+        q_names = {n.name for n in q.graph.node}
+        for node in prepared.graph.node:
+            if node.name in quantized:
+                notes.append(NodeNote(node.name, node.op_type, "quantized", "int8 QDQ"))
+            elif node.name in user_excluded:
+                notes.append(NodeNote(node.name, node.op_type, "skipped", f"excluded by {user_excluded[node.name]!r}"))
+            elif node.name in auto_excluded:
+                notes.append(NodeNote(node.name, node.op_type, "skipped",
+                                      "auto: kept in float, its quantization cost the most fidelity",
+                                      {"local_rel_error": round(auto_excluded[node.name], 5)}))
+            elif op_types and node.op_type not in op_types and node.name in q_names:
+                notes.append(NodeNote(node.name, node.op_type, "skipped",
+                                      "auto: only Conv/Gemm/MatMul quantized (int8 was not faster otherwise)"))
+            elif node.name not in q_names:
+                notes.append(NodeNote(node.name, node.op_type, "absorbed",
+                                      "removed by the quantizer (its range is the producer's int8 range)"))
+            elif node.op_type in HEAVY_OPS:
+                notes.append(NodeNote(node.name, node.op_type, "skipped",
+                                      "onnxruntime's quantizer left it in float (input not quantizable)"))
+        n_q = sum(1 for n in notes if n.action == "quantized")
+        n_float = sum(1 for n in notes if n.action == "skipped")
+        summary = (f"int8 QDQ: {n_q} nodes quantized, {n_float} kept in float; calibrated ({params.calibration}) "
+                   f"on {figures['samples']} samples of {source}")
+        if prep_steps:
+            summary += f"; prepared: {', '.join(prep_steps)}"
+        if params.mode == "auto" and params.check_latency:
+            summary += (f"; host latency {figures['latency_fp32_ms']:.3f} -> {figures['latency_int8_ms']:.3f} ms")
+        notes.append(NodeNote("(model)", "", "quantized", summary, figures))
+        return PassResult(q, True, notes, summary=summary)
