@@ -660,15 +660,17 @@ class GraphAnalysis:
         prefix = math.prod(s_in[:info.axis])
         width = info.channels * info.inner
         rest = math.prod(s_in[info.axis + 1:])
-        k = next((k for k in range(len(s_out) + 1) if math.prod(s_out[:k]) == prefix), None)
-        if k is None or k >= len(s_out):
-            self.freeze(info, f"{label} {s_in} -> {s_out} splits the channels")
-            return
-        if s_out[k] == width and math.prod(s_out[k + 1:]) == rest:
-            new = ChanInfo(k, len(s_out), info.segments, info.inner)
-        elif s_out[k] == width * rest and k == len(s_out) - 1:
-            new = ChanInfo(k, len(s_out), info.segments, info.inner * rest)
-        else:
+        new = None
+        for k in range(len(s_out)):
+            if math.prod(s_out[:k]) != prefix:
+                continue
+            if s_out[k] == width and math.prod(s_out[k + 1:]) == rest:
+                new = ChanInfo(k, len(s_out), info.segments, info.inner)
+            elif s_out[k] == width * rest and k == len(s_out) - 1:
+                new = ChanInfo(k, len(s_out), info.segments, info.inner * rest)
+            if new is not None:
+                break
+        if new is None:
             self.freeze(info, f"{label} {s_in} -> {s_out} splits the channels")
             return
         if k < len(target) and int(target[k]) > 0:
