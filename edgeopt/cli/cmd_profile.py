@@ -34,7 +34,7 @@ def _yes(value) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
-def totals_table(doc: dict) -> Table:
+def totals_table(doc: dict, with_key: bool = False) -> Table:
     t = doc["totals"]
     rows = [
         ("MACs", "macs", count(t["macs"])),
@@ -72,10 +72,11 @@ def totals_table(doc: dict) -> Table:
                            if doc["device"] else None)
     table_rows = [{"figure": label, "key": key, "value": _Fig(raw[key], text)} for label, key, text in rows]
     title = f"{doc['model']} on {doc['device'] or 'no device'}"
-    return Table(title=title, rows=table_rows, columns=[
-        Column("figure", "figure", justify="left"),
-        Column("value", "value", fmt=lambda v: v.text if isinstance(v, _Fig) else str(v), justify="left"),
-    ])
+    columns = [Column("figure", "figure", justify="left"),
+               Column("value", "value", fmt=lambda v: v.text if isinstance(v, _Fig) else str(v), justify="left")]
+    if with_key:  # csv: the JSON key next to the label, for scripts
+        columns.insert(1, Column("key", "key", justify="left"))
+    return Table(title=title, rows=table_rows, columns=columns)
 
 
 def layers_table(prof, top: int | None) -> Table:
@@ -136,7 +137,7 @@ def command(model_path, device, per_layer, top, no_measure, input_shapes, fmt, q
         if dev.name == "host" and totals["est_latency_ms"]:
             totals["predicted_to_measured"] = totals["est_latency_ms"] / totals["measured_latency_ms"]
     doc = prof.to_dict(model=model_path)
-    tables = [totals_table(doc)]
+    tables = [totals_table(doc, with_key=fmt == "csv")]
     if per_layer:
         tables.append(layers_table(prof, None if fmt != "table" else top))
     emit(doc, tables, fmt)

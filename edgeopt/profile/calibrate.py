@@ -44,7 +44,9 @@ class Sample:
 
 def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "calib", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # what onnxruntime of every supported version loads
+    return model
 
 
 def _vi(name, shape):

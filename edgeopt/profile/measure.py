@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 
@@ -22,7 +23,15 @@ def make_session(model: onnx.ModelProto, threads: int | None = None):
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise UserError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(f"onnxruntime cannot load the model: {_ort_message(exc)}") from None
+
+
+def _ort_message(exc: Exception) -> str:
+    """The readable part of an onnxruntime error (without its source location and signature)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ \S+?\(.*?\) ", "", text)
+    text = text.replace("[ONNXRuntimeError] : ", "")
+    return text[:300]
 
 
 def random_feeds(session, input_shapes: dict[str, list[int]], seed: int = 0) -> dict[str, np.ndarray]:

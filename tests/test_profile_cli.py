@@ -1,0 +1,163 @@
+"""`edgeopt profile`, `edgeopt devices`, `edgeopt calibrate` through click's CliRunner and a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeopt.cli.main import cli
+
+CONTRACT_TOTALS = {"macs", "params_count", "weight_bytes", "peak_activation_bytes", "est_latency_ms",
+                   "est_energy_mj", "measured_latency_ms"}
+CONTRACT_LAYER = {"name", "op_type", "macs", "params_count", "weight_bytes", "output_bytes",
+                  "arithmetic_intensity", "est_latency_ms", "bound"}
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
+             helper.make_node("GlobalAveragePool", ["c2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w3"], ["logits"], name="fc", transB=1)]
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", [8, 1, 3, 3]), ("b1", [8]), ("w2", [8, 1, 3, 3]), ("w3", [10, 8]))]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    path = tmp_path / "tiny.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_profile_json_contract(tiny_model):
+    result = run("profile", tiny_model, "--device", "myriadx", "--format", "json", "--no-measure")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"model", "device", "totals", "layers"}
+    assert doc["device"] == "myriadx"
+    assert CONTRACT_TOTALS <= set(doc["totals"])
+    assert doc["totals"]["macs"] == 32 * 32 * 8 * 9 * 2 + 80
+    assert doc["totals"]["measured_latency_ms"] is None
+    assert len(doc["layers"]) == 6
+    for layer in doc["layers"]:
+        assert CONTRACT_LAYER <= set(layer)
+
+
+def test_profile_measures_and_defaults_to_host(tiny_model):
+    result = run("profile", tiny_model, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["device"] == "host"
+    assert doc["totals"]["measured_latency_ms"] > 0
+    assert doc["totals"]["predicted_to_measured"] > 0
+    assert "not calibrated" in result.stderr
+
+
+def test_profile_per_layer_table_csv_markdown(tiny_model):
+    table = run("profile", tiny_model, "--device", "rpi3", "--per-layer", "--no-measure", "--format", "table")
+    assert table.exit_code == 0
+    assert "layers, most expensive first" in table.stdout and "bound" in table.stdout
+    csv_out = run("profile", tiny_model, "--device", "rpi3", "--per-layer", "--no-measure", "--format", "csv")
+    assert csv_out.stdout.splitlines()[0] == "figure,key,value"
+    assert "MACs,macs,147536" in csv_out.stdout
+    layer_header = [l for l in csv_out.stdout.splitlines() if l.startswith("name,op_type,macs")]
+    assert layer_header
+    md = run("profile", tiny_model, "--device", "rpi3", "--per-layer", "--no-measure", "--format", "markdown")
+    assert "| layer | op |" in md.stdout
+
+
+def test_profile_input_shape_override(tiny_model):
+    result = run("profile", tiny_model, "--device", "rpi3", "--input-shape", "input=4x1x32x32", "--no-measure",
+                 "--format", "json")
+    doc = json.loads(result.stdout)
+    assert doc["totals"]["macs"] == 4 * (32 * 32 * 8 * 9 * 2 + 80)
+    assert doc["totals"]["input_shapes"] == {"input": [4, 1, 32, 32]}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "myriad"], "unknown device 'myriad'; did you mean 'myriadx'?"),
+    (["--device", "nowhere/board.yaml"], "nowhere/board.yaml: device file not found"),
+    (["--input-shape", "image=1x1x32x32"], "input shape for 'image': the model has no such input"),
+])
+def test_profile_bad_input_exit_2(tiny_model, args, message):
+    result = run("profile", tiny_model, "--no-measure", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_profile_bad_device_file_names_the_field(tiny_model, tmp_path):
+    bad = tmp_path / "board.yaml"
+    bad.write_text("precisions: [fp32]\npeak_gops: {fp32: 10}\n")
+    result = run("profile", tiny_model, "--device", bad, "--no-measure")
+    assert result.exit_code == 2
+    assert f"{bad}: dram_gbps: missing" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_profile_missing_model(tmp_path):
+    result = run("profile", tmp_path / "none.onnx", "--no-measure")
+    assert result.exit_code == 2
+    assert "none.onnx: model file not found" in result.stderr
+
+
+def test_devices_list_and_one():
+    result = run("devices", "--format", "json")
+    assert result.exit_code == 0
+    names = [d["name"] for d in json.loads(result.stdout)["devices"]]
+    assert "myriadx" in names and "host" in names
+    one = run("devices", "myriadx", "--format", "json")
+    doc = json.loads(one.stdout)
+    assert doc["figures"]["onchip_bytes"]["value"] == 2490368
+    assert "graph_transformer" in doc["figures"]["onchip_bytes"]["source"]
+    assert doc["figures"]["dram_gbps"]["value"] is None and doc["figures"]["dram_gbps"]["note"]
+    table = run("devices", "rpi3")
+    assert "dram_gbps" in table.stdout and "LPDDR2" in table.stdout
+    assert run("devices", "rpi5").exit_code == 2
+
+
+def test_calibrate_host_tiny_budget(tiny_model, cache_dir):
+    result = run("calibrate", "host", "--budget", "0.005", "--format", "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc["efficiency"]) == {"conv", "depthwise", "gemm", "elementwise"}
+    stored = yaml.safe_load((cache_dir / "host.yaml").read_text())
+    assert stored["efficiency"] == doc["efficiency"]
+    profiled = run("profile", tiny_model, "--format", "json", "--no-measure")
+    assert "not calibrated" not in profiled.stderr
+    assert json.loads(profiled.stdout)["totals"]["device_calibrated"] is True
+    assert run("calibrate", "myriadx").exit_code == 2
+
+
+def test_profile_subprocess_json_is_clean(tiny_model, cache_dir):
+    proc = subprocess.run([sys.executable, "-m", "edgeopt", "profile", str(tiny_model), "--device", "rpi4",
+                           "--format", "json", "--no-measure"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["device"] == "rpi4"
+    bad = subprocess.run([sys.executable, "-m", "edgeopt", "profile", str(tiny_model), "--device", "rpi9"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("edgeopt: error: unknown device 'rpi9'")
