@@ -1,0 +1,103 @@
+"""quantize_codebook on tiny graphs: decode structure, exact decode, packed indices, errors vs uniform."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from edgeopt.errors import UserError
+from edgeopt.passes import PassContext, get_pass
+from edgeopt.quant import kmeans_1d
+from edgeopt.recipe.load import parse_recipe
+from test_quant_weights import FEED, initializer, run, stored_bytes, toy_model
+
+
+def apply(model, name="quantize_codebook", **params):
+    cls = get_pass(name)
+    return cls().apply(model, cls.Params(**params), PassContext())
+
+
+def test_per_tensor_4bit_structure_and_numbers():
+    model = toy_model()
+    ref = run(model)
+    result = apply(model, bits=4, min_elements=0)
+    out = result.model
+    onnx.checker.check_model(out, full_check=True)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Gather") == 5 and ops.count("Cast") == 5 and "DequantizeLinear" not in ops
+    assert initializer(out, "W1_indices").data_type == onnx.TensorProto.UINT4
+    assert list(initializer(out, "W1_codebook").dims) == [16]
+    assert len(initializer(out, "W1_indices").raw_data) == (16 * 27 + 1) // 2  # two indices per byte
+    assert out.opset_import[0].version == 21
+    rel = np.abs(run(out) - ref).max() / np.abs(ref).max()
+    assert 0 < rel < 0.3
+    biases = 4 * (16 + 24)
+    assert (stored_bytes(model) - biases) / (stored_bytes(out) - biases) > 5.0
+    assert "clustered 5 weights into 16 centroids per_tensor" in result.summary
+
+
+def test_decode_in_onnxruntime_equals_numpy_kmeans():
+    model = toy_model()
+    out = apply(model, bits=3, min_elements=0).model
+    w3 = numpy_helper.to_array(initializer(model, "W3"))
+    centroids, idx = kmeans_1d(w3, 8)
+    gather = next(n for n in out.graph.node if n.op_type == "Gather" and n.input[0].startswith("W3"))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(out)
+    probe.graph.output.add().name = gather.output[0]
+    decoded = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, FEED)[1]
+    np.testing.assert_array_equal(decoded, centroids[idx])
+    assert len(np.unique(decoded)) <= 8
+
+
+def test_per_channel_uses_gather_elements_on_the_channel_axis():
+    model = toy_model()
+    ref = run(model)
+    out = apply(model, bits=4, granularity="per_channel", min_elements=0).model
+    onnx.checker.check_model(out, full_check=True)
+    books = {t.name: list(t.dims) for t in out.graph.initializer if t.name.endswith("_codebook")}
+    assert books["W1_codebook"] == [16, 16]  # [out channels, 2^bits]
+    assert books["M_codebook"] == [16, 10]  # MatMul [K, N]: one codebook column per output column
+    decoded = {}
+    for w in ("W1", "M"):
+        node = next(n for n in out.graph.node if n.op_type == "GatherElements" and n.input[0] == f"{w}_codebook")
+        decoded[w] = node
+    assert decoded["M"].attribute[0].i == 0 and decoded["W1"].attribute[0].i == 1
+    per_tensor = apply(model, bits=4, min_elements=0).model
+    # per-channel codebooks follow each channel: closer to float than one codebook per tensor
+    assert np.abs(run(out) - ref).max() < np.abs(run(per_tensor) - ref).max()
+
+
+def test_eight_bit_indices_are_uint8_without_opset_21():
+    model = toy_model(opset=13)
+    out = apply(model, bits=6, min_elements=0).model
+    assert out.opset_import[0].version == 13
+    assert initializer(out, "W1_indices").data_type == onnx.TensorProto.UINT8
+    assert np.abs(run(out) - run(model)).max() < 0.05 * np.abs(run(model)).max()
+
+
+def test_codebook_beats_uniform_at_the_same_bits_per_tensor():
+    model = toy_model(seed=3)
+    cb = apply(model, bits=4, min_elements=0)
+    uni = apply(model, "quantize_weights", bits=4, granularity="per_tensor", symmetric=False, min_elements=0)
+    cb_err = {n.reason.split()[1]: n.figures["rel_rmse"] for n in cb.notes if n.action == "clustered"}
+    uni_err = {n.reason.split()[1]: n.figures["rel_rmse"] for n in uni.notes if n.action == "quantized"}
+    assert set(cb_err) == set(uni_err) == {"W1", "W2", "W3", "G", "M"}
+    for name in cb_err:  # k-means puts the 16 levels where the weights are
+        assert cb_err[name] < 0.9 * uni_err[name], name
+
+
+def test_skips_and_unchanged():
+    model = toy_model()
+    result = apply(model, bits=4, min_elements=10_000)
+    assert not result.modified and result.model is model
+    assert all(n.action == "skipped" for n in result.notes) and "no weight" in result.summary
+
+
+def test_bad_bits_rejected_with_location():
+    doc = {"model": "m.onnx", "passes": ["fold_batchnorm", {"quantize_codebook": {"bits": 9}}]}
+    with pytest.raises(UserError, match=r"passes\[1\]\.quantize_codebook\.bits: must be in \[1, 8\], got 9"):
+        parse_recipe(doc, Path("r.yaml"))
