@@ -1,0 +1,105 @@
+"""convert_fp16: float16 weights and compute where the operators support it, float32 at the edges."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.passes.quantize_weights import _fmt_bytes
+from edgeopt.quant.runtime import ort_load_error
+from edgeopt.quant.select import excluded
+
+# Kept in float32 besides onnxconverter-common's own list: quantization nodes need float32 scales
+# below opset 19, and a float16 scale would change what int8 kernels onnxruntime fuses.
+ALWAYS_FLOAT32 = ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"]
+
+
+def _float_bytes(model: onnx.ModelProto) -> tuple[int, int]:
+    """Bytes of float32 and float16 initializers (and Constant tensors)."""
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
+                                                for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    f32 = sum(numpy_helper.to_array(t).nbytes for t in tensors if t.data_type == onnx.TensorProto.FLOAT)
+    f16 = sum(numpy_helper.to_array(t).nbytes for t in tensors if t.data_type == onnx.TensorProto.FLOAT16)
+    return f32, f16
+
+
+@register
+class ConvertFp16(Pass):
+    name = "convert_fp16"
+    summary = "float16 weights and compute where the operators support it; inputs and outputs stay float32"
+    description = (
+        "Converts float32 initializers, Constant tensors and the compute of every operator that supports "
+        "float16 to float16, with Casts at the boundaries of what stays float32, using onnxconverter-common's "
+        "converter (its block list of operators without float16 support, plus QuantizeLinear / "
+        "DequantizeLinear, plus op_block_list and exclude). Constants beyond float16's range are clamped to "
+        "+-max_finite_val and tiny non-zero ones to +-min_positive_val. On a CPU without float16 "
+        "arithmetic onnxruntime computes these nodes through inserted Casts, so the file halves but host "
+        "latency may not improve: the gain is on devices with float16 units (GPUs, NPUs, ARMv8.2+).")
+    lossless = False
+
+    @dataclass
+    class Params:
+        keep_io_types: bool = param(True, "model inputs and outputs stay float32 (Casts at the edges)")
+        op_block_list: list[str] = param(default_factory=list,
+                                         help="more op types kept in float32 (besides the converter's list)")
+        exclude: list[str] = param(default_factory=list, help="node names, globs or op types kept in float32")
+        min_positive_val: float = param(1e-7, "non-zero constants smaller than this become +-this", gt=0)
+        max_finite_val: float = param(1e4, "constants larger than this are clamped to +-this", gt=0, le=65504)
+
+    def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
+        try:
+            from onnxconverter_common import float16
+        except ImportError:
+            return PassResult(model, False, [], summary="left unchanged: onnxconverter-common is not installed "
+                                                        "(pip install onnxconverter-common)")
+        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+            return PassResult(model, False, [NodeNote("(model)", "", "skipped", "the model already has float16 "
+                                                      "weights")], summary="left unchanged: already float16")
+        blocked_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(ALWAYS_FLOAT32) | set(params.op_block_list))
+        blocked_nodes = {n.name: excluded(n.name, n.op_type, params.exclude) for n in model.graph.node
+                         if n.name and excluded(n.name, n.op_type, params.exclude)}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the clamping warnings are summarised in our notes
+                result = float16.convert_float_to_float16(
+                    model, min_positive_val=params.min_positive_val, max_finite_val=params.max_finite_val,
+                    keep_io_types=params.keep_io_types, op_block_list=blocked_ops,
+                    node_block_list=sorted(blocked_nodes))
+        except Exception as exc:  # the converter raises assorted errors on graphs it does not handle
+            reason = f"onnxconverter-common cannot convert the model: {' '.join(str(exc).split())[:200]}"
+            return PassResult(model, False, [NodeNote("(model)", "", "skipped", reason)],
+                              summary=f"left unchanged: {reason}")
+        problem = ort_load_error(result)
+        if problem is None:
+            try:
+                onnx.checker.check_model(result)
+            except Exception as exc:
+                problem = f"fails the ONNX checker: {' '.join(str(exc).split())[:200]}"
+        if problem:
+            reason = f"the float16 model is not usable ({problem})"
+            return PassResult(model, False, [NodeNote("(model)", "", "skipped", reason)],
+                              summary=f"left unchanged: {reason}")
+        notes = []
+        for node in model.graph.node:
+            label = node.name or f"<{node.output[0]}>"
+            if node.name in blocked_nodes:
+                notes.append(NodeNote(label, node.op_type, "skipped",
+                                      f"kept float32: excluded by {blocked_nodes[node.name]!r}"))
+            elif node.op_type in blocked_ops:
+                notes.append(NodeNote(label, node.op_type, "skipped",
+                                      f"kept float32: {node.op_type} has no float16 support"))
+            elif node.op_type != "Constant":
+                notes.append(NodeNote(label, node.op_type, "converted", "float16"))
+        before, _ = _float_bytes(model)
+        f32_after, f16_after = _float_bytes(result)
+        n_casts = sum(n.op_type == "Cast" for n in result.graph.node) - sum(n.op_type == "Cast" for n in model.graph.node)
+        n_conv = sum(n.action == "converted" for n in notes)
+        n_kept = sum(n.action == "skipped" for n in notes)
+        summary = (f"float16: {n_conv} nodes converted, {n_kept} kept float32, {n_casts} Casts added; float "
+                   f"weights {_fmt_bytes(before)} -> {_fmt_bytes(f16_after + f32_after)}")
+        return PassResult(result, True, notes, summary=summary)
