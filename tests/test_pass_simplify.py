@@ -154,3 +154,42 @@ def test_bad_parameter_is_rejected_with_its_location():
     with pytest.raises(UserError) as info:
         parse_recipe(doc, Path("r.yaml"))
     assert "passes[0].simplify.optimize" in str(info.value)
+
+
+def big_weights_model() -> onnx.ModelProto:
+    """Conv with a 64x16x5x5 weight as a Constant node, a 64x80 weight transposed at run time
+    (foldable: needs its data), and an unused 80x64 initializer."""
+    rng = np.random.default_rng(3)
+    conv_w = numpy_helper.from_array((rng.standard_normal((64, 16, 5, 5)) * 0.1).astype(np.float32))
+    fc_w = numpy_helper.from_array((rng.standard_normal((64, 80)) * 0.1).astype(np.float32), "fc_w")
+    unused = numpy_helper.from_array(np.ones((80, 64), np.float32), "unused_w")
+    nodes = [helper.make_node("Constant", [], ["conv_w"], name="conv_w_const", value=conv_w),
+             helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[2, 2, 2, 2]),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Transpose", ["fc_w"], ["fc_wt"], name="transpose_fc", perm=[1, 0]),
+             helper.make_node("Gemm", ["f", "fc_wt"], ["g"], name="fc", transB=1),
+             helper.make_node("Identity", ["g"], ["y"], name="identity")]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 80])], [fc_w, unused])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_big_weights_are_set_aside_from_onnxsim_and_restored():
+    from edgeopt.graph.weights_aside import set_weights_aside
+
+    model = big_weights_model()
+    light, aside = set_weights_aside(model, min_elements=4096)
+    assert set(aside.tensors) == {"conv_w", "unused_w"}  # fc_w feeds a foldable Transpose: it keeps its data
+    assert light.ByteSize() < 64 * 80 * 4 + 4096  # the 25600- and 5120-float tensors are not in the copy
+    result = simplify(model)
+    assert ops(result.model) == Counter({"Conv": 1, "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1})
+    inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert "conv_w" in inits and "unused_w" not in inits
+    np.testing.assert_array_equal(inits["conv_w"], numpy_helper.to_array(model.graph.node[0].attribute[0].t))
+    assert [vi.name for vi in result.model.graph.input] == ["x"]
+    feeds = {"x": np.random.default_rng(4).standard_normal((3, 16, 6, 6)).astype(np.float32)}
+    assert_same(model, result.model, feeds)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from edgeopt.graph.edit import to_ir, to_proto
+from edgeopt.graph.weights_aside import put_weights_back, set_weights_aside
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 
 ONNXSIM_META = "onnxsim."
+ASIDE_MIN_ELEMENTS = 4096  # float weights this big that no foldable node reads skip onnxsim's marshalling
 
 
 @dataclass
@@ -43,15 +44,16 @@ class Simplify(Pass):
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
         import onnxsim
 
-        before = Counter(n.op_type for n in model.graph.node)
-        skipped = list(params.skip_optimizers)
+        # With BN fusion on, onnxsim must see the Conv and BN data it rewrites: set nothing aside.
+        light, aside = set_weights_aside(model, min_elements=ASIDE_MIN_ELEMENTS if not params.fuse_batchnorm
+                                         else 2**62)
         try:
             simplified, _ = onnxsim.simplify(
-                model,
+                light,
                 check_n=0,
                 perform_optimization=params.optimize,
                 skip_fuse_bn=not params.fuse_batchnorm,
-                skipped_optimizers=skipped or None,
+                skipped_optimizers=list(params.skip_optimizers) or None,
                 skip_constant_folding=not params.fold_constants,
                 certify=False,
             )
@@ -61,22 +63,30 @@ class Simplify(Pass):
             return PassResult(model, False, [note], "onnxsim failed; model unchanged")
 
         _strip_onnxsim_metadata(simplified, model)
-        lifted = sum(1 for n in simplified.graph.node if n.op_type == "Constant")
-        if lifted:
-            simplified = to_proto(to_ir(simplified))
-            lifted -= sum(1 for n in simplified.graph.node if n.op_type == "Constant")
+        lifted = len(aside.lifted_constants)
+        if not lifted and _signature(simplified) == _signature(light):
+            return PassResult(model, False, [], f"nothing to simplify ({len(model.graph.node)} nodes)")
+        put_weights_back(simplified, aside)
+        before = Counter(n.op_type for n in model.graph.node)
         after = Counter(n.op_type for n in simplified.graph.node)
         notes = _notes(model, simplified)
-        n_before, n_after = sum(before.values()), sum(after.values())
-        modified = simplified.SerializeToString(deterministic=True) != model.SerializeToString(deterministic=True)
         gone = before - after
-        summary = f"{n_before} -> {n_after} nodes"
+        summary = f"{sum(before.values())} -> {sum(after.values())} nodes"
         if gone:
             summary += " (" + ", ".join(f"-{k} {op}" for op, k in sorted(gone.items(), key=lambda x: (-x[1], x[0]))[:5])
             summary += ")"
         if lifted:
-            summary += f"; {lifted} Constant-node weights became initializers"
-        return PassResult(simplified if modified else model, modified, notes, summary)
+            summary += f"; {lifted} Constant nodes became initializers"
+        return PassResult(simplified, True, notes, summary)
+
+
+def _signature(model: onnx.ModelProto) -> tuple:
+    """What counts as a change: the nodes (op, wiring, attributes), the initializers and inputs."""
+    g = model.graph
+    nodes = tuple((n.op_type, n.domain, tuple(n.input), tuple(n.output),
+                   tuple(a.SerializeToString(deterministic=True) for a in n.attribute)) for n in g.node)
+    inits = tuple(sorted((t.name, tuple(t.dims), t.data_type) for t in g.initializer))
+    return nodes, inits, tuple(vi.name for vi in g.input), tuple(vo.name for vo in g.output)
 
 
 def _notes(original: onnx.ModelProto, simplified: onnx.ModelProto) -> list[NodeNote]:
