@@ -456,10 +456,20 @@ def apply_host_calibration(device: Device, path: Path | None = None) -> Device:
     dram = device.dram_gbps
     if isinstance(data.get("dram_gbps"), (int, float)) and data["dram_gbps"] > 0:
         dram = Figure(float(data["dram_gbps"]), source=source, mark="C")
+    peak = dict(device.peak_gops)
+    measured_peak = data.get("peak_gops_fp32")
+    static_peak = peak.get("fp32").value if peak.get("fp32") else None
+    if isinstance(measured_peak, (int, float)) and measured_peak > 0 and static_peak:
+        factor = measured_peak / static_peak
+        peak["fp32"] = Figure(float(measured_peak), source=source + ": large GEMM throughput", mark="C")
+        if peak.get("int8") is not None and peak["int8"].value:
+            peak["int8"] = Figure(round(peak["int8"].value * factor, 3), mark="C",
+                                  source=source + ": static int8 figure scaled like fp32")
     overheads = {}
     for key in ("layer_overhead_us", "run_overhead_us"):
         value = data.get(key)
         if isinstance(value, (int, float)) and value >= 0:
             overheads[key] = Figure(float(value), source=source, mark="C")
-    return dataclasses.replace(device, efficiency=efficiency, dram_gbps=dram, calibrated=True, calibration=data,
+    return dataclasses.replace(device, efficiency=efficiency, dram_gbps=dram, peak_gops=peak, calibrated=True,
+                               calibration=data,
                                **overheads)

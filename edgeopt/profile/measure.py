@@ -1,4 +1,12 @@
-"""Measured latency with onnxruntime on this machine: median of a time-budgeted series of runs."""
+"""Measured latency with onnxruntime on this machine: median of a time-budgeted series of runs.
+
+The default is what the `host` device profile models and what stays comparable
+from one pass to the next on a shared machine: onnxruntime with one intra-op
+thread, timed by the process CPU clock (`clock="cpu"`). On an idle machine that
+equals the wall-clock latency of a single-threaded run; when other jobs share
+the cores, wall-clock time grows with their load but CPU time does not.
+`clock="wall"` times wall-clock instead (any session, any thread count).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +20,20 @@ import onnx
 from edgeopt.errors import UserError
 
 
-def make_session(model: onnx.ModelProto, threads: int | None = None):
-    """An onnxruntime CPU session for a model (full graph optimizations, as a deployment would use)."""
+def make_session(model: onnx.ModelProto, threads: int | None = 1):
+    """An onnxruntime CPU session (full graph optimizations, as a deployment would use).
+
+    threads=1 (default): one intra-op thread, no spinning, as the host profile models;
+    None: onnxruntime's default thread pool.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -60,16 +74,21 @@ def random_feeds(session, input_shapes: dict[str, list[int]], seed: int = 0) -> 
     return feeds
 
 
-def measure_latency(model, feeds: dict[str, np.ndarray], warmup: int = 2, min_runs: int = 5,
-                    max_seconds: float = 1.0, max_runs: int = 2000) -> float:
-    """Median wall-clock latency in ms of `model` (ModelProto or InferenceSession) on `feeds`.
+def measure_latency(model, feeds: dict[str, np.ndarray], warmup: int = 2, min_runs: int = 3,
+                    max_seconds: float = 1.0, max_runs: int = 2000, clock: str = "cpu") -> float:
+    """Median latency in ms of `model` (ModelProto or InferenceSession) on `feeds`.
 
-    Time-budgeted: after `warmup` runs (at least), it runs until `min_runs` are done and
-    `max_seconds` have passed, or `max_runs` are done. A ResNet-50 on 2 cores takes ~1-2 s;
-    a tiny model gets hundreds of runs in the same budget.
+    Time-budgeted: after `warmup` runs (fewer when they already took a quarter of the
+    budget), it runs until `min_runs` are done and `max_seconds` of wall time have
+    passed, or `max_runs` are done: a ResNet-50 costs ~1-2 s, a tiny model gets
+    hundreds of runs. clock="cpu" (default) times process CPU time and expects a
+    single-threaded session (what `make_session` gives); clock="wall" times wall-clock.
     """
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', not {clock!r}")
     session = make_session(model) if isinstance(model, onnx.ModelProto) else model
     run = session.run
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     start = time.perf_counter()
     for i in range(max(warmup, 1)):
         run(None, feeds)
@@ -78,9 +97,9 @@ def measure_latency(model, feeds: dict[str, np.ndarray], warmup: int = 2, min_ru
     times = []
     start = time.perf_counter()
     while len(times) < max_runs:
-        t0 = time.perf_counter()
+        t0 = timer()
         run(None, feeds)
-        times.append(time.perf_counter() - t0)
+        times.append(timer() - t0)
         if len(times) >= min_runs and time.perf_counter() - start >= max_seconds:
             break
     return statistics.median(times) * 1e3
