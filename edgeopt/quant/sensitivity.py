@@ -17,10 +17,11 @@ _PASS_THROUGH = {"Relu", "Clip"}  # onnxruntime's QDQ quantizer absorbs these in
 
 
 def quantized_nodes(q_model: onnx.ModelProto) -> set[str]:
-    """Names of the nodes that read at least one DequantizeLinear output (they run in int8)."""
+    """Names of the nodes whose every input comes out of a DequantizeLinear (they run in int8)."""
     dq_outputs = {n.output[0] for n in q_model.graph.node if n.op_type == "DequantizeLinear"}
     return {n.name for n in q_model.graph.node
-            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dq_outputs for i in n.input)}
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(n.input)
+            and all(i in dq_outputs for i in n.input if i)}
 
 
 def local_errors(float_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds: dict[str, np.ndarray],

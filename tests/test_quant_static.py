@@ -1,0 +1,153 @@
+"""quantize_static on tiny graphs: QDQ structure, numbers, preparation of old exports, auto mode decisions."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeopt.errors import UserError
+from edgeopt.passes import PassContext, get_pass
+from edgeopt.recipe.load import parse_recipe
+from edgeopt.verify.fidelity import compare
+from test_quant_weights import run, toy_model
+
+DATA = {"input": np.random.default_rng(7).standard_normal((128, 3, 8, 8)).astype(np.float32)}
+
+
+def apply(model, data=DATA, **params):
+    cls = get_pass("quantize_static")
+    return cls().apply(model, cls.Params(**params), PassContext(data=data, input_shapes={"input": [1, 3, 8, 8]}))
+
+
+def producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def weight_types(model):
+    """Element type of the stored tensor each Conv/Gemm/MatMul weight is decoded from."""
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    prod = producers(model)
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            w = node.input[1]
+            dq = prod.get(w)
+            out[node.name] = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
+                else inits.get(w)
+    return out
+
+
+def test_all_mode_qdq_structure_and_fidelity():
+    model = toy_model()
+    result = apply(model, mode="all")
+    q = result.model
+    onnx.checker.check_model(q, full_check=True)
+    prod = producers(q)
+    for node in q.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            # activation and weight both come through DequantizeLinear: onnxruntime fuses QLinearConv / QLinearMatMul
+            assert prod[node.input[0]].op_type == "DequantizeLinear"
+            assert prod[node.input[1]].op_type == "DequantizeLinear"
+    assert set(weight_types(q).values()) == {onnx.TensorProto.INT8}
+    fid = compare([run(model)], [run(q)])
+    assert fid["cosine"] > 0.999 and fid["max_abs_error"] < 0.05 * np.abs(run(model)).max()
+    assert "7 nodes quantized" in result.summary and "128 samples of the recipe's data" in result.summary
+    actions = {n.node: n.action for n in result.notes}
+    assert actions["conv_0"] == "quantized" and actions["relu_1"] == "absorbed"
+
+
+def test_old_export_with_constant_weights_is_prepared_first():
+    """onnxruntime's quantizer alone keeps Constant weights in float (quantized at every run);
+    after preparation every weight is stored as int8 and the opset allows per-channel axes."""
+    from onnxruntime import quantization as oq
+
+    from edgeopt.quant.calibrate import ArrayReader
+
+    model = toy_model(opset=11, constants=True)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(model, f"{tmp}/m.onnx")
+        oq.quantize_static(f"{tmp}/m.onnx", f"{tmp}/q.onnx", ArrayReader(DATA, 32), quant_format=oq.QuantFormat.QDQ,
+                           per_channel=True)
+        alone = onnx.load(f"{tmp}/q.onnx")
+    alone_q = [n for n in alone.graph.node if n.op_type == "QuantizeLinear"
+               and producers(alone).get(n.input[0]) is not None
+               and producers(alone)[n.input[0]].op_type == "Constant"]
+    assert len(alone_q) == 5  # float weights re-quantized at run time
+
+    result = apply(model, mode="all")
+    q = result.model
+    onnx.checker.check_model(q, full_check=True)
+    assert q.opset_import[0].version >= 13
+    assert set(weight_types(q).values()) == {onnx.TensorProto.INT8}
+    assert not any(n.op_type == "Constant" for n in q.graph.node)
+    assert "opset upgraded 11 -> 13" in result.summary and "Constant weights lifted" in result.summary
+    assert compare([run(model)], [run(q)])["cosine"] > 0.999
+
+
+def test_exclusions_by_name_glob_and_op_type():
+    model = toy_model()
+    result = apply(model, mode="all", exclude=["conv_0", "MatMul", "gemm_*"])
+    types = weight_types(result.model)
+    assert types["conv_0"] == types["matmul_8"] == types["gemm_7"] == onnx.TensorProto.FLOAT
+    assert types["conv_2"] == types["conv_3"] == onnx.TensorProto.INT8
+    reasons = {n.node: n.reason for n in result.notes}
+    assert reasons["conv_0"] == "excluded by 'conv_0'" and reasons["matmul_8"] == "excluded by 'MatMul'"
+    assert reasons["gemm_7"] == "excluded by 'gemm_*'"
+
+
+def test_auto_puts_the_costliest_nodes_back_in_float():
+    """Full 8-bit weights saturate on x86 without VNNI: auto finds the damaged layers and keeps them float."""
+    model = toy_model()
+    broken = apply(model, mode="all", reduce_range=False).model
+    assert compare([run(model)], [run(broken)])["cosine"] < 0.995
+    result = apply(model, mode="auto", reduce_range=False, check_latency=False, min_cosine=0.999)
+    kept = [n for n in result.notes if "auto: kept in float" in n.reason]
+    assert 1 <= len(kept) <= 8
+    assert all(n.figures["local_rel_error"] > 0 for n in kept)
+    assert compare([run(model)], [run(result.model)])["cosine"] >= 0.999
+
+
+def test_auto_keeps_float_when_the_budget_cannot_be_met():
+    result = apply(toy_model(), mode="auto", check_latency=False, min_cosine=1.0, max_float_nodes=1)
+    assert not result.modified and "misses the fidelity budget" in result.summary
+
+
+def test_auto_latency_decisions(monkeypatch):
+    import edgeopt.passes.quantize_static as qs
+
+    model = toy_model()
+    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds: [1.0, 2.0])
+    slower = apply(model, mode="auto")
+    assert not slower.modified and slower.model is model
+    assert "int8 is not faster on this host: fp32 1.000 ms vs int8 2.000 ms" in slower.summary
+    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds: [2.0, 1.0])
+    faster = apply(model, mode="auto")
+    assert faster.modified and "host latency 2.000 -> 1.000 ms" in faster.summary
+    calls = iter([[1.0, 1.5], [1.0, 0.5]])  # all ops: slower; only Conv/Gemm/MatMul: faster
+    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds: next(calls))
+    heavy = apply(model, mode="auto")
+    assert heavy.modified and any("only Conv/Gemm/MatMul" in n.reason for n in heavy.notes)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_keeps_stdout_clean(method, capsys):
+    model = toy_model()
+    result = apply(model, mode="all", calibration=method)
+    assert capsys.readouterr().out == ""
+    assert compare([run(model)], [run(result.model)])["cosine"] > 0.99
+
+
+def test_without_data_calibrates_on_random_inputs():
+    result = apply(toy_model(), data=None, mode="all")
+    assert result.modified and "seeded random inputs (no data in the recipe)" in result.summary
+
+
+def test_bad_parameter_rejected_with_location():
+    doc = {"model": "m.onnx", "passes": [{"quantize_static": {"calibration": "percentile", "percentile": 40}}]}
+    with pytest.raises(UserError, match=r"passes\[0\]\.quantize_static\.percentile: must be in \(50, 100\], got 40"):
+        parse_recipe(doc, Path("r.yaml"))
+    doc = {"model": "m.onnx", "passes": [{"quantize_static": {"calibration": "kl"}}]}
+    with pytest.raises(UserError, match=r"quantize_static\.calibration: must be 'minmax' or 'percentile' or"):
+        parse_recipe(doc, Path("r.yaml"))
