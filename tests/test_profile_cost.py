@@ -134,3 +134,28 @@ def test_without_a_device_estimates_are_null_not_zero():
     assert all(l["est_latency_ms"] is None for l in prof.layers)
     for key in ("macs", "params_count", "weight_bytes", "peak_activation_bytes", "est_latency_ms", "est_energy_mj"):
         assert key in prof.totals
+
+
+def test_static_int8_qdq_runs_the_layer_in_int8():
+    # x -Q-> int8 -DQ-> conv (int8 weights via DQ) -Q-> int8 -DQ-> y
+    s = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    z = numpy_helper.from_array(np.array(0, np.int8), "z")
+    wq = numpy_helper.from_array(np.ones((8, 4, 3, 3), np.int8), "wq")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_in"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_in"),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"], name="dq_w"),
+             helper.make_node("Conv", ["xd", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="q_out"),
+             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["y"], name="dq_out")]
+    m = model(nodes, [1, 4, 8, 8], [s, z, wq])
+    dev = parse_device({**TOY, "precisions": ["int8", "fp32"], "peak_gops": {"fp32": 100, "int8": 400}}, "t.yaml")
+    prof = profile_model(m, dev)
+    by = {l["name"]: l for l in prof.layers}
+    assert "dq_w" not in by  # weight decode is storage
+    assert by["conv"]["compute_precision"] == "int8"
+    assert by["conv"]["est_latency_ms"] == pytest.approx(
+        max((36864 + 2 * 512) / (400e9 * 0.5), (288 + 256 + 512) / 10e9) * 1e3)  # + the fused quantize
+    assert by["q_out"]["fused_into"] == "conv"
+    assert by["dq_in"]["bound"] == "free" and by["dq_out"]["bound"] == "free"
+    # live activations: x (1024 B fp32) and xq (256 B) at q_in; then xq + cq (512 B int8)
+    assert prof.totals["peak_activation_bytes"] == 1024 + 256

@@ -9,7 +9,7 @@ import onnx
 
 from edgeopt.devices import Device
 from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, device_weight_bytes, layer_cost
-from edgeopt.profile.counting import VIEW, count_node
+from edgeopt.profile.counting import VIEW, Count, count_node
 from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
 from edgeopt.profile.memory import act_inputs, decide_fusion, liveness
 from edgeopt.profile.weights import WeightTable
@@ -82,6 +82,8 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
         ins = [info.info(i) if i else None for i in node.input]
         outs = [info.info(o) if o else None for o in node.output]
         counts[idx] = count_node(node, ins, outs)
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] not in info.const:
+            counts[idx] = Count(VIEW, 0, 0)  # static QDQ: the consumer reads the int8 tensor directly
 
     table = WeightTable(info)
     weights = {}
