@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeopt.graph.edit import add_initializer, to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 from edgeopt.passes.quantize_weights import _fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
@@ -17,6 +18,30 @@ from edgeopt.quant.select import excluded
 # Kept in float32 besides onnxconverter-common's own list: quantization nodes need float32 scales
 # below opset 19, and a float16 scale would change what int8 kernels onnxruntime fuses.
 ALWAYS_FLOAT32 = ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"]
+
+
+def _restore_float32_constants(original: onnx.ModelProto, converted: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Weights the converter halved only to Cast back to float32 (all their readers are blocked) are
+    stored in float32 again, with their original values: no double rounding, no run-time Cast, and
+    constant scales for onnxruntime's QDQ fusions."""
+    originals = {t.name: t for t in original.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    model = to_ir(converted, lift_constants=False)
+    graph = model.graph
+    restored = 0
+    for node in list(graph):
+        if node.op_type != "Cast" or node.attributes.get_int("to", 0) != onnx.TensorProto.FLOAT:
+            continue
+        src = node.inputs[0]
+        if src is None or not src.is_initializer() or src.name not in originals:
+            continue
+        array = numpy_helper.to_array(originals[src.name])
+        value = add_initializer(graph, f"{src.name}_fp32", array)
+        node.outputs[0].replace_all_uses_with(value)
+        restored += 1
+    if not restored:
+        return converted, 0
+    out = to_proto(model)
+    return out, restored
 
 
 def _float_bytes(model: onnx.ModelProto) -> tuple[int, int]:
@@ -74,6 +99,7 @@ class ConvertFp16(Pass):
             reason = f"onnxconverter-common cannot convert the model: {' '.join(str(exc).split())[:200]}"
             return PassResult(model, False, [NodeNote("(model)", "", "skipped", reason)],
                               summary=f"left unchanged: {reason}")
+        result, restored = _restore_float32_constants(model, result)
         problem = ort_load_error(result)
         if problem is None:
             try:
