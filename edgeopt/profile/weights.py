@@ -119,8 +119,8 @@ class WeightTable:
             main_root, main_numel = None, -1
             for root in sorted(roots):
                 st = self.stored_tensor(root)
-                if st is None:
-                    continue
+                if st is None or st.elem_type in INDEX_TYPES:
+                    continue  # shape arguments of the decode (Reshape targets) are not weight storage
                 if root not in self.owner:
                     self.owner[root] = node_idx
                     out.roots.append(root)
