@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -119,15 +120,20 @@ def main() -> int:
             resnet_path = path
         print(json.dumps(rows[-1], default=str), file=sys.stderr)
 
-    cli_times = []
+    cli_times, cli_cpu = [], []
     if resnet_path is not None:
+        import resource
+
         for _ in range(3):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "edgeopt", "profile", str(resnet_path), "--device", "myriadx",
                             "--no-measure", "--format", "json", "--quiet"], cwd=ROOT, check=True,
                            capture_output=True)
             cli_times.append(time.perf_counter() - start)
-    write_results(rows, cli_times, host, Path(args.out))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cli_cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    write_results(rows, cli_times, cli_cpu, host, Path(args.out))
     return 0
 
 
@@ -139,10 +145,11 @@ def _f(value, digits=2):
     return str(value)
 
 
-def write_results(rows, cli_times, host, out: Path) -> None:
+def write_results(rows, cli_times, cli_cpu, host, out: Path) -> None:
     import onnxruntime
 
     within = [r for r in rows if 0.8 <= r["ratio"] <= 1.2]
+    ratios = ", ".join(f"{r['model']} {r['ratio']:.2f}" for r in rows)
     mac_ok = [r for r in rows if r["diff_pct"] is not None and abs(r["diff_pct"]) <= 1.0]
     lines = [
         "## Profiler (issue 3)",
@@ -172,12 +179,16 @@ def write_results(rows, cli_times, host, out: Path) -> None:
         "",
         f"- MACs within 1 % of onnx-tool (MAC layers): {len(mac_ok)} / {len(rows)} models.",
         f"- Host prediction within +-20 % of measured onnxruntime latency: {len(within)} / {len(rows)} models "
-        f"({100 * len(within) / max(len(rows), 1):.0f} %).",
+        f"({100 * len(within) / max(len(rows), 1):.0f} %). Predicted / measured: {ratios}.",
+        "- Measured = median process CPU time per inference of onnxruntime with one intra-op thread (what the",
+        "  host profile models); CPU time rather than wall-clock because other jobs share the 2 cores.",
     ]
     if cli_times:
         lines.append(f"- `edgeopt profile resnet50.onnx --device myriadx --no-measure` end to end (subprocess): "
                      f"median of 3 = {statistics.median(cli_times):.2f} s "
-                     f"({', '.join(f'{t:.2f}' for t in cli_times)}).")
+                     f"({', '.join(f'{t:.2f}' for t in cli_times)}); CPU time (user + sys) median "
+                     f"{statistics.median(cli_cpu):.2f} s. Load average while benchmarking: "
+                     f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores.")
         prof_s = next((r["profile_s"] for r in rows if r["model"] == "resnet50"), None)
         if prof_s is not None:
             lines.append(f"- `profile_model` alone on ResNet-50 (in process): {prof_s:.2f} s.")
