@@ -195,3 +195,31 @@ def test_builder_networks_lose_30_percent_of_channels_in_multiples_of_8(builder)
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     y = make_session(result.model).run(None, {"input": x})[0]
     assert y.shape == (1, 1000) and np.all(np.isfinite(y))
+
+
+def test_recipe_run_after_fold_batchnorm_verifies_and_reports(tmp_path, write_recipe):
+    from edgeopt.pipeline import RunOptions, run_recipe
+    from edgeopt.recipe.load import load_recipe
+
+    net = Net()
+    c = net.conv("x", 3, 16, "conv1")
+    bn = net.node("BatchNormalization", [c, net.w("bn.s", 16), net.w("bn.b", 16), net.w("bn.m", 16),
+                                         net.const("bn.v", np.ones(16, np.float32))], ["bn"], "bn")
+    r = net.node("Relu", [bn], ["r"], "relu")
+    model = net.head(net.conv(r, 16, 16, "conv2"), 16)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=_calibration(64))
+    recipe = write_recipe({"model": "m.onnx", "output": "out.onnx", "data": "d.npz", "device": "myriadx",
+                           "passes": ["fold_batchnorm",
+                                      {"prune_channels": {"ratio": 0.5, "round_to": "device", "reconstruct": True}}]})
+    doc = run_recipe(load_recipe(recipe), RunOptions(measure=False))
+    stage = doc["stages"][-1]
+    assert stage["pass"] == "prune_channels" and doc["ok"]
+    assert stage["macs"] == measured_figures(stage)["macs_after"]
+    assert doc["stages"][1]["macs"] == measured_figures(stage)["macs_before"]
+    assert out_channels(onnx.load(tmp_path / "out.onnx")) == {"conv1": 8, "conv2": 8}
+    assert stage["fidelity"]["cosine"] > 0.5
+
+
+def measured_figures(stage: dict) -> dict:
+    return next(n for n in stage["notes"] if n["node"] == "(model)")["figures"]
