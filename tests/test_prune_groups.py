@@ -316,3 +316,26 @@ def test_channels_reaching_an_unknown_op_are_frozen():
     groups = groups_by_sources(model)
     reasons = groups[("conv",)].frozen
     assert any("LRN lrn reads the channels" in r for r in reasons)
+
+
+def test_gemm_and_matmul_units_are_pruned_like_channels(x):
+    net = Net()
+    f = net.node("Flatten", ["x"], ["f"], "flatten")
+    h = net.node("MatMul", [f, net.w("mm.w", 108, 16)], ["h"], "matmul")
+    hb = net.node("Add", [h, net.w("mm.b", 16)], ["hb"], "bias")
+    r = net.node("Relu", [hb], ["r"], "relu")
+    g = net.node("Gemm", [r, net.w("fc1.w", 12, 16), net.w("fc1.b", 12)], ["g"], "fc1", transB=1)
+    r2 = net.node("Relu", [g], ["r2"], "relu2")
+    net.node("Gemm", [r2, net.w("fc2.w", 12, 5), net.w("fc2.b", 1, 5)], ["y"], "fc2")
+    model = net.model([("y", ["N", 5])])
+    groups = groups_by_sources(model)
+    assert {("matmul",), ("fc1",), ("fc2",)} == set(groups)
+    assert not groups[("fc2",)].prunable
+    out = prune_model(model, PruneConfig(ratio=0.25))
+    shapes = {i.name: list(i.dims) for i in out.model.graph.initializer}
+    ins = {n.name: list(n.input) for n in out.model.graph.node}
+    assert shapes[ins["matmul"][1]] == [108, 12] and shapes[ins["bias"][1]] == [12]
+    assert shapes[ins["fc1"][1]] == [9, 12] and shapes[ins["fc1"][2]] == [9]
+    assert shapes[ins["fc2"][1]] == [9, 5] and shapes[ins["fc2"][2]] == [1, 5]
+    onnx.checker.check_model(out.model, full_check=True)
+    assert run(out.model, x).shape == (4, 5)
