@@ -460,11 +460,11 @@ def apply_host_calibration(device: Device, path: Path | None = None) -> Device:
     measured_peak = data.get("peak_gops_fp32")
     static_peak = peak.get("fp32").value if peak.get("fp32") else None
     if isinstance(measured_peak, (int, float)) and measured_peak > 0 and static_peak:
-        factor = measured_peak / static_peak
         peak["fp32"] = Figure(float(measured_peak), source=source + ": large GEMM throughput", mark="C")
-        if peak.get("int8") is not None and peak["int8"].value:
-            peak["int8"] = Figure(round(peak["int8"].value * factor, 3), mark="C",
-                                  source=source + ": static int8 figure scaled like fp32")
+        speedup = data.get("int8_speedup")
+        if "int8" in peak and isinstance(speedup, (int, float)) and speedup > 0:
+            peak["int8"] = Figure(round(measured_peak * speedup, 3), mark="C",
+                                  source=source + f": fp32 peak x measured int8 QDQ conv speed-up {speedup:.2f}")
     overheads = {}
     for key in ("layer_overhead_us", "run_overhead_us"):
         value = data.get(key)

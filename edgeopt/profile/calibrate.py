@@ -9,7 +9,9 @@ chain of tiny nodes gives the per-node dispatch cost. Then, per op class,
     efficiency = sum(ops / peak) / sum(measured - fixed costs - memory time)
 
 (a time-weighted fit, which is what a summed network latency needs), and
-DRAM bandwidth = bytes / time of an Add too large for the caches. The fp32
+DRAM bandwidth = bytes / time of an Add too large for the caches. The int8
+peak is the fp32 peak times the measured speed-up of static-QDQ int8 convs
+over the same fp32 convs. The fp32
 peak is the static figure, or the throughput of a large GEMM measured here
 when that is higher (turbo clocks beat the base clock the static figure uses). The result
 goes to $EDGEOPT_CACHE_DIR/host.yaml (default ~/.cache/edgeopt/host.yaml),
@@ -33,6 +35,7 @@ from edgeopt.graph.io import write_atomic
 from edgeopt.profile.measure import measure_latency
 
 OPSET = 17
+CONV_SHAPES = ((32, 56), (64, 28), (128, 14), (256, 7))  # channels, height = width
 
 
 @dataclass
@@ -67,6 +70,22 @@ def conv_model(c_in: int, c_out: int, hw: int, group: int, rng) -> tuple[onnx.Mo
     macs = c_out * hw * hw * (c_in // group) * 9
     nbytes = 4 * (c_in * hw * hw + c_out * hw * hw + math.prod(w_shape))
     return model, 2 * macs + c_out * hw * hw, nbytes
+
+
+def qdq_conv_model(c: int, hw: int, rng) -> onnx.ModelProto:
+    """Static int8 QDQ 3x3 conv (x -Q-DQ-> Conv(DQ(int8 W)) -Q-DQ-> y), as quantize_static writes it."""
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.uint8), "z")
+    wzero = numpy_helper.from_array(np.zeros(c, np.int8), "wz")
+    wscale = numpy_helper.from_array(np.full(c, 0.01, np.float32), "ws")
+    wq = numpy_helper.from_array(rng.integers(-127, 127, (c, c, 3, 3)).astype(np.int8), "wq")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+             helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["y"])]
+    return _model(nodes, [_vi("x", [1, c, hw, hw])], [_vi("y", [1, c, hw, hw])], [scale, zero, wzero, wscale, wq])
 
 
 def gemm_model(k: int, n: int, rows: int, rng) -> tuple[onnx.ModelProto, int, int]:
@@ -130,8 +149,7 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
     dram_gbps = nbytes / kernel_s / 1e9
 
     benches = {
-        "conv": [conv_model(32, 32, 56, 1, rng), conv_model(64, 64, 28, 1, rng), conv_model(128, 128, 14, 1, rng),
-                 conv_model(256, 256, 7, 1, rng)],
+        "conv": [conv_model(c, c, hw, 1, rng) for c, hw in CONV_SHAPES],
         "depthwise": [conv_model(96, 96, 56, 96, rng), conv_model(192, 192, 28, 192, rng),
                       conv_model(384, 384, 14, 384, rng), conv_model(960, 960, 7, 960, rng)],
         "gemm": [gemm_model(1280, 1000, 1, rng), gemm_model(512, 10, 1, rng), gemm_model(256, 256, 64, rng)],
@@ -153,6 +171,11 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
             spent += max(kernel - mem_s, 1e-7)
         efficiency[op_class] = round(min(max(ideal / spent, 1e-4), 1.0), 5)
 
+    say("calibrate: int8 (static QDQ conv against the same fp32 conv)")
+    fp32_conv = sum(x.measured_ms for x in samples if x.op_class == "conv")
+    int8_conv = sum(_time(qdq_conv_model(c, hw, rng), rng, budget_s) for c, hw in CONV_SHAPES)
+    int8_speedup = fp32_conv / int8_conv if int8_conv > 0 else 1.0
+
     result = {
         "cpu": cpu_signature(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -160,6 +183,7 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
         "budget_s": budget_s,
         "peak_gops_fp32": round(peak / 1e9, 3),
         "gemm_gops_measured": round(gemm_rate / 1e9, 3),
+        "int8_speedup": round(int8_speedup, 4),
         "efficiency": efficiency,
         "dram_gbps": round(dram_gbps, 3),
         "layer_overhead_us": round(node_us, 3),
