@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgeopt.cli.options import Progress, device_option, format_option, input_shape_option, quiet_option
-from edgeopt.devices import load_device
+from edgeopt.devices import calibration_warning, load_device
 from edgeopt.graph.io import load_model
 from edgeopt.profile import make_session, measure_latency, profile_model, random_feeds
 from edgeopt.report import Column, Table, emit
@@ -57,6 +57,8 @@ def totals_table(doc: dict, with_key: bool = False) -> Table:
             ("est. energy", "est_energy_mj", "-" if t["est_energy_mj"] is None else f"{t['est_energy_mj']:.3f} mJ"),
             ("layers compute / memory-bound / fused", "bound_counts",
              f"{t['compute_bound_layers']} / {t['memory_bound_layers']} / {t['fused_layers']}"),
+            ("compute precision (main layers)", "compute_precision", t.get("compute_precision") or "-"),
+            ("ridge point (ops per DRAM byte)", "ridge_ops_per_byte", fixed(1)(t.get("ridge_ops_per_byte"))),
             ("on-chip memory", "onchip_bytes", nbytes(t["onchip_bytes"])),
             ("weights fit on chip", "weights_fit_onchip", _yes(t["weights_fit_onchip"])),
             ("peak activation fits on chip", "peak_activation_fits_onchip", _yes(t["peak_activation_fits_onchip"])),
@@ -121,9 +123,9 @@ def command(model_path, device, per_layer, top, no_measure, input_shapes, fmt, q
     """
     progress = Progress(quiet)
     dev = load_device(device or "host")
-    if dev.name == "host" and not dev.calibrated:
-        progress.warn("the host profile is not calibrated (defaults in use); run `edgeopt calibrate host` "
-                      "for estimates fitted to this machine")
+    warning = calibration_warning(dev)
+    if warning:
+        progress.warn(warning)
     model = load_model(model_path)
     prof = profile_model(model, dev, input_shapes)
     totals = prof.totals

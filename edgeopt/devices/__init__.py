@@ -237,6 +237,14 @@ def host_calibration_path() -> Path:
     return cache_dir() / "host.yaml"
 
 
+def calibration_warning(device: Device) -> str | None:
+    """The stderr line to show when the host profile runs on its uncalibrated defaults, else None."""
+    if device.name != "host" or device.calibrated:
+        return None
+    return ("the host profile is not calibrated (defaults in use); run `edgeopt calibrate host` "
+            "for estimates fitted to this machine")
+
+
 def load_device(name_or_path: str) -> Device:
     """A built-in profile by name, or a device YAML by path."""
     if name_or_path is None or str(name_or_path).strip() == "":

@@ -228,7 +228,12 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
     capacity = device.onchip_capacity
     weight_device = sum(l.get("device_weight_bytes") or 0 for l in layers)
     resident = capacity is not None and weight_device <= capacity
+    main_precision = max(layers, key=lambda l: l.get("macs") or 0).get("compute_precision") if layers else None
+    peak = device.peak_ops_per_s(main_precision) if main_precision else None
+    bandwidth = device.dram_bytes_per_s
     totals.update(
+        compute_precision=main_precision,
+        ridge_ops_per_byte=peak / bandwidth if peak and bandwidth else None,
         est_latency_ms=None if any(v is None for v in latencies) else sum(latencies) + device.run_overhead_s * 1e3,
         est_energy_mj=None if any(v is None for v in energies) else sum(energies),
         est_compute_ms=sum(l.get("compute_ms") or 0 for l in layers if l.get("bound") == "compute"),
