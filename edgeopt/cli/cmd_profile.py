@@ -12,6 +12,9 @@ from edgeopt.report import Column, Table, emit
 from edgeopt.report.units import count, fixed, nbytes
 
 
+MEASURE_SECONDS = 0.5  # timing budget: a ResNet-50 gets ~5 runs, a tiny model hundreds
+
+
 class _Fig:
     """A value shown formatted in tables and raw in CSV."""
 
@@ -135,7 +138,8 @@ def command(model_path, device, per_layer, top, no_measure, input_shapes, fmt, q
     if not no_measure:
         progress.info("measuring latency with onnxruntime ...")
         session = make_session(model)
-        totals["measured_latency_ms"] = measure_latency(session, random_feeds(session, prof.input_shapes))
+        totals["measured_latency_ms"] = measure_latency(session, random_feeds(session, prof.input_shapes),
+                                                        max_seconds=MEASURE_SECONDS)
         if dev.name == "host" and totals["est_latency_ms"]:
             totals["predicted_to_measured"] = totals["est_latency_ms"] / totals["measured_latency_ms"]
     doc = prof.to_dict(model=model_path)

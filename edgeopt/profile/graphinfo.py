@@ -115,7 +115,7 @@ class GraphInfo:
             return None
         return self.tensors.get(name)
 
-    def const_roots(self, name: str, _memo: dict | None = None) -> tuple[set[str], set[str]]:
+    def const_roots(self, name: str) -> tuple[set[str], set[str]]:
         """Initializers (and Constant outputs) a constant tensor is computed from, and the op
         types of the decode nodes on the way."""
         memo = self._roots_memo
