@@ -61,7 +61,7 @@ class QuantizeCodebook(Pass):
         bits: int = param(4, "index bits: 2^bits centroids (<= 4 stored packed as UINT4, else uint8)", ge=1, le=8)
         granularity: Literal["per_tensor", "per_channel"] = param(
             "per_tensor", "one codebook per tensor, or one per output channel")
-        iters: int = param(30, "k-means (Lloyd) iterations at most", ge=1, le=1000)
+        iters: int = param(60, "k-means (Lloyd) iterations at most", ge=1, le=1000)
         min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
         op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
                                     help="operators whose weights are clustered")

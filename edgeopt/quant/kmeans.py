@@ -34,8 +34,15 @@ def _lloyd(x: np.ndarray, centroids: np.ndarray, iters: int) -> tuple[np.ndarray
     return centroids, labels, sse
 
 
-def kmeans_1d(values: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
+FIT_SAMPLES = 1 << 16  # centroids are fitted on at most this many values (an even quantile sketch)
+
+
+def kmeans_1d(values: np.ndarray, k: int, iters: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """Cluster values into at most k centroids.
+
+    Large tensors are fitted on an evenly spaced sample of their sorted values
+    (a quantile sketch: deterministic, and it keeps the extremes), then every
+    value is assigned to its nearest centroid.
 
     Returns (centroids float32 [k], indices int32 in values' shape) with
     values ~= centroids[indices]. Unused centroids (fewer distinct values
@@ -48,12 +55,17 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, 
         centroids = np.concatenate([distinct, np.full(k - distinct.size, distinct[-1] if distinct.size else 0.0)])
         labels = np.searchsorted(distinct, x) if distinct.size else np.zeros(0, np.int64)
         return centroids.astype(np.float32), labels.reshape(values.shape).astype(np.int32)
-    lo, hi = float(x.min()), float(x.max())
-    starts = [np.linspace(lo, hi, k), np.quantile(x, (np.arange(k) + 0.5) / k)]
+    fit = x
+    if x.size > FIT_SAMPLES:
+        ordered = np.sort(x)
+        fit = ordered[np.linspace(0, x.size - 1, FIT_SAMPLES).round().astype(np.int64)]
+    lo, hi = float(fit.min()), float(fit.max())
+    starts = [np.linspace(lo, hi, k), np.quantile(fit, (np.arange(k) + 0.5) / k)]
     best = None
     for init in starts:
-        result = _lloyd(x, np.sort(init), iters)
+        result = _lloyd(fit, np.sort(init), iters)
         if best is None or result[2] < best[2]:
             best = result
-    centroids, labels, _ = best
+    centroids = best[0]
+    labels = _assign(x, centroids)
     return centroids.astype(np.float32), labels.reshape(values.shape).astype(np.int32)
