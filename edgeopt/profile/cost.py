@@ -97,8 +97,9 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
         fits = capacity is not None and working_set <= capacity
         dram_bytes = weight_bytes + (0 if fits else act_bytes)
 
+    fits_known = fits if capacity is not None else None  # unknown on-chip memory: priced as spilling
     if op_class == VIEW:
-        return LayerCost(p, weight_bytes, 0.0, 0.0, 0.0, 0, working_set, fits, "free", 0.0, None)
+        return LayerCost(p, weight_bytes, 0.0, 0.0, 0.0, 0, working_set, fits_known, "free", 0.0, None)
 
     effective_ops = ops
     cls = op_class
@@ -111,7 +112,8 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
     bandwidth = device.dram_bytes_per_s
     memory_s = dram_bytes / bandwidth if bandwidth else None
     if compute_s is None or memory_s is None:
-        return LayerCost(p, weight_bytes, compute_s, memory_s, None, dram_bytes, working_set, fits, None, None, None)
+        return LayerCost(p, weight_bytes, compute_s, memory_s, None, dram_bytes, working_set, fits_known,
+                         None, None, None)
     latency = max(compute_s, memory_s) + device.overhead_s
     bound = "compute" if compute_s >= memory_s else "memory"
 
@@ -125,4 +127,5 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
         other_ops = max(ops - 2 * macs, 0)
         energy = macs * e_mac + other_ops * e_mac / 2 + dram_bytes * e_dram + working_set * e_sram
     intensity = ops / working_set if working_set else None
-    return LayerCost(p, weight_bytes, compute_s, memory_s, latency, dram_bytes, working_set, fits, bound, energy, intensity)
+    return LayerCost(p, weight_bytes, compute_s, memory_s, latency, dram_bytes, working_set, fits_known, bound,
+                     energy, intensity)

@@ -241,7 +241,8 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
         compute_bound_layers=sum(1 for l in layers if l.get("bound") == "compute"),
         memory_bound_layers=sum(1 for l in layers if l.get("bound") == "memory"),
         fused_layers=sum(1 for l in layers if l.get("bound") == "fused"),
-        spilling_layers=sum(1 for l in layers if l.get("fits_onchip") is False and l.get("bound") != "free"),
+        spilling_layers=sum(1 for l in layers
+                            if l.get("fits_onchip") is not True and l.get("bound") in ("compute", "memory")),
         dram_bytes=sum(l.get("dram_bytes") or 0 for l in layers),
         onchip_bytes=capacity,
         device_weight_bytes=weight_device,
