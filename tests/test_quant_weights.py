@@ -219,3 +219,44 @@ def test_bad_parameter_is_rejected_with_its_location():
     doc = {"model": "m.onnx", "passes": [{"quantize_weights": {"op_types": ["Conv", "LSTM"]}}]}
     with pytest.raises(UserError, match=r"op_types: 'LSTM' is not supported"):
         parse_recipe(doc, Path("r.yaml"))
+
+
+@pytest.mark.parametrize("params", [dict(bits=8), dict(bits=8, symmetric=False, granularity="per_tensor"),
+                                    dict(bits=4, granularity="block", block_size=16),
+                                    dict(bits=4, granularity="block", block_size=16, symmetric=False,
+                                         scale_dtype="float16")])
+def test_cast_mul_decode_equals_dequantize_linear(params):
+    """decode: cast_mul stores the same integers; its weights equal DequantizeLinear's bit for bit,
+    and onnxruntime folds the decode at load (no decode node left in its optimized graph)."""
+    model = toy_model(opset=13)
+    names = {"conv_0": "W1", "conv_2": "W2", "conv_3": "W3", "gemm_7": "G", "matmul_8": "M"}
+    decoded = {}
+    for decode in ("dequantize_linear", "cast_mul"):
+        out = apply(model, min_elements=0, decode=decode, **params).model
+        onnx.checker.check_model(out, full_check=True)
+        probe = onnx.ModelProto()
+        probe.CopyFrom(out)
+        readers = {n.name: n.input[1] for n in out.graph.node if n.name in names}
+        for value in readers.values():
+            probe.graph.output.add().name = value
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        decoded[decode] = dict(zip(readers, session.run(None, FEED)[1:]))
+        if decode == "cast_mul":
+            assert "DequantizeLinear" not in {n.op_type for n in out.graph.node}
+            kinds = {t.data_type for t in out.graph.initializer if t.name.endswith("_quantized")}
+            assert kinds <= {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+                             onnx.TensorProto.UINT4} and len(kinds) == 1
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            import tempfile
+            with tempfile.TemporaryDirectory() as tmp:
+                options.optimized_model_filepath = f"{tmp}/opt.onnx"
+                ort.InferenceSession(out.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                folded = onnx.load(f"{tmp}/opt.onnx")
+            assert {n.op_type for n in folded.graph.node} <= {"Conv", "Relu", "GlobalAveragePool", "Flatten",
+                                                              "Gemm", "MatMul"}
+    for node in names:
+        if params.get("scale_dtype") == "float16":  # DequantizeLinear then computes in float16, Mul in float32
+            np.testing.assert_allclose(decoded["cast_mul"][node], decoded["dequantize_linear"][node], rtol=1e-3)
+        else:
+            np.testing.assert_array_equal(decoded["cast_mul"][node], decoded["dequantize_linear"][node])

@@ -10,7 +10,7 @@ import onnx
 
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
-from edgeopt.quant.decode import dequantize_subgraph
+from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
 from edgeopt.quant.runtime import ort_load_error
@@ -26,8 +26,10 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
-def required_opset(bits: int, granularity: str, scale_dtype: str) -> int:
-    """The lowest opset whose DequantizeLinear can decode this format."""
+def required_opset(bits: int, granularity: str, scale_dtype: str, decode: str = "dequantize_linear") -> int:
+    """The lowest opset whose DequantizeLinear (or Cast) can decode this format."""
+    if decode == "cast_mul":
+        return 21 if bits == 4 else 1  # Cast from INT4 / UINT4
     if bits == 4 or granularity == "block":
         return 21  # INT4 / UINT4 and block_size
     if scale_dtype == "float16":
@@ -81,6 +83,11 @@ class QuantizeWeights(Pass):
             "minmax", "range per scale: the full min/max, or the clipped range with the least squared error")
         scale_dtype: Literal["float32", "float16"] = param(
             "float32", "storage type of the scales (float16 halves their bytes, opset 19; decoded by a Cast)")
+        decode: Literal["dequantize_linear", "cast_mul"] = param(
+            "dequantize_linear",
+            "dequantize_linear: the standard form int8/int4-aware runtimes keep compressed in memory "
+            "(onnxruntime's CPU decodes it on every run: slower on this host); cast_mul: Cast and Mul of "
+            "constants, which onnxruntime folds at load (fp32 speed here; only the file shrinks)")
         min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
         op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
                                     help="operators whose weights are quantized")
@@ -92,7 +99,7 @@ class QuantizeWeights(Pass):
                 raise ValueError(f"op_types: {unknown[0]!r} is not supported; choose from {', '.join(WEIGHT_OPS)}")
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
-        target = required_opset(params.bits, params.granularity, params.scale_dtype)
+        target = required_opset(params.bits, params.granularity, params.scale_dtype, params.decode)
         try:
             work, upgrade_note = ensure_opset(model, target)
         except OpsetUpgradeError as exc:
@@ -109,7 +116,8 @@ class QuantizeWeights(Pass):
             if scale_dtype is np.float16 and not np.all(np.isfinite(np.asarray(qp.scale, np.float32))):
                 q, qp, decoded = quantize_slot(slot, params.bits, params.symmetric, params.granularity,
                                                params.block_size, params.clip, np.float32)
-            out, nbytes = dequantize_subgraph(graph, slot.name, q, qp, slot.array.shape)
+            build = cast_mul_subgraph if params.decode == "cast_mul" else dequantize_subgraph
+            out, nbytes = build(graph, slot.name, q, qp, slot.array.shape)
             slot.value.replace_all_uses_with(out)
             if slot.name in graph.initializers:
                 graph.initializers.pop(slot.name)

@@ -119,3 +119,65 @@ def codebook_subgraph(graph: ir.Graph, base: str, indices: np.ndarray, codebook:
     out.shape = ir.Shape(out_shape)
     out.type = ir.TensorType(ir.DataType.FLOAT)
     return out, nbytes
+
+
+def cast_mul_subgraph(graph: ir.Graph, base: str, q: np.ndarray, qp: QParams,
+                      out_shape: tuple[int, ...]) -> tuple[ir.Value, int]:
+    """The same integers decoded by Cast -> [Sub zero point] -> Mul scale (-> Reshape / Slice / Transpose
+    for blocks): plain constant arithmetic that onnxruntime folds when it loads the model, so the
+    host runs float32 kernels on prepacked weights. Returns the float32 value and the bytes stored."""
+    scale = np.asarray(qp.scale)
+    zp = np.asarray(qp.zero_point)
+    trailing_pad = 0
+    if qp.block_size is not None:
+        axis = qp.axis % q.ndim
+        moved = np.moveaxis(q, axis, -1)
+        k = moved.shape[-1]
+        nb = -(-k // qp.block_size)
+        trailing_pad = nb * qp.block_size - k
+        if trailing_pad:
+            fill = np.broadcast_to(np.moveaxis(zp, axis, -1)[..., -1:], moved.shape[:-1] + (1,))
+            moved = np.concatenate([moved, np.repeat(fill, trailing_pad, axis=-1)], axis=-1)
+        stored_q = moved.reshape(moved.shape[:-1] + (nb, qp.block_size))
+        scale = np.moveaxis(scale, axis, -1)[..., None]
+        zp = np.moveaxis(zp, axis, -1)[..., None]
+    else:
+        stored_q = q
+        if qp.axis is not None:
+            view = [1] * q.ndim
+            view[qp.axis % q.ndim] = q.shape[qp.axis % q.ndim]
+            scale, zp = scale.reshape(view), zp.reshape(view)
+    stored = int_tensor(stored_q, qp.bits, qp.signed)
+    nbytes = tensor_bytes(stored) + int(scale.nbytes)
+    out = _node(graph, "Cast", [add_const(graph, f"{base}_quantized", stored)], f"{base}_Cast", to=ir.DataType.FLOAT)
+    if not qp.signed:
+        zp_t = int_tensor(zp, qp.bits, False)
+        nbytes += tensor_bytes(zp_t)
+        zp_f = _node(graph, "Cast", [add_const(graph, f"{base}_zero_point", zp_t)], f"{base}_zp_Cast",
+                     to=ir.DataType.FLOAT)
+        out = _node(graph, "Sub", [out, zp_f], f"{base}_Sub")
+    s_val = add_const(graph, f"{base}_scale", scale)
+    if scale.dtype != np.float32:
+        s_val = _node(graph, "Cast", [s_val], f"{base}_scale_Cast", to=ir.DataType.FLOAT)
+    out = _node(graph, "Mul", [out, s_val], f"{base}_Mul")
+    if qp.block_size is not None:
+        axis = qp.axis % q.ndim
+        flat = stored_q.shape[:-2] + (stored_q.shape[-2] * stored_q.shape[-1],)
+        out = _node(graph, "Reshape", [out, add_const(graph, f"{base}_flat", np.asarray(flat, np.int64))],
+                    f"{base}_flat_Reshape")
+        if trailing_pad:
+            k = q.shape[axis]
+            out = _node(graph, "Slice", [out, add_const(graph, f"{base}_starts", np.asarray([0], np.int64)),
+                                         add_const(graph, f"{base}_ends", np.asarray([k], np.int64)),
+                                         add_const(graph, f"{base}_axes", np.asarray([-1], np.int64))],
+                        f"{base}_Slice")
+        if axis != q.ndim - 1:
+            perm = list(range(q.ndim - 1))
+            perm.insert(axis, q.ndim - 1)
+            out = _node(graph, "Transpose", [out], f"{base}_Transpose", perm=perm)
+    if tuple(q.shape) != tuple(out_shape) or qp.block_size is not None and tuple(q.shape) != tuple(out_shape):
+        out = _node(graph, "Reshape", [out, add_const(graph, f"{base}_shape", np.asarray(out_shape, np.int64))],
+                    f"{base}_Reshape")
+    out.shape = ir.Shape(out_shape)
+    out.type = ir.TensorType(ir.DataType.FLOAT)
+    return out, nbytes
