@@ -37,6 +37,19 @@ def test_random_feeds_follow_the_shapes():
     assert feeds["x"].shape == (3, 64) and feeds["x"].dtype == np.float32
 
 
+def test_auto_clock_follows_the_session_threads(monkeypatch):
+    from edgeopt.profile import measure
+
+    model = relu_model()
+    assert measure._single_threaded(make_session(model)) is True
+    assert measure._single_threaded(make_session(model, threads=None)) is False
+    seen = []
+    real = time.process_time
+    monkeypatch.setattr(measure.time, "process_time", lambda: seen.append(1) or real())
+    measure_latency(make_session(model, threads=None), {"x": np.ones((1, 64), np.float32)}, max_seconds=0.01)
+    assert not seen  # a thread pool is timed by wall clock
+
+
 def test_bad_clock():
     with pytest.raises(ValueError, match="clock"):
         measure_latency(relu_model(), {"x": np.ones((1, 64), np.float32)}, clock="sundial")

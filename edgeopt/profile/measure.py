@@ -40,6 +40,13 @@ def make_session(model: onnx.ModelProto, threads: int | None = 1):
         raise UserError(f"onnxruntime cannot load the model: {_ort_message(exc)}") from None
 
 
+def _single_threaded(session) -> bool:
+    try:
+        return session.get_session_options().intra_op_num_threads == 1
+    except AttributeError:  # not an onnxruntime session: a stand-in with .run
+        return False
+
+
 def _ort_message(exc: Exception) -> str:
     """The readable part of an onnxruntime error (without its source location and signature)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -75,18 +82,22 @@ def random_feeds(session, input_shapes: dict[str, list[int]], seed: int = 0) -> 
 
 
 def measure_latency(model, feeds: dict[str, np.ndarray], warmup: int = 2, min_runs: int = 3,
-                    max_seconds: float = 1.0, max_runs: int = 2000, clock: str = "cpu") -> float:
+                    max_seconds: float = 1.0, max_runs: int = 2000, clock: str = "auto") -> float:
     """Median latency in ms of `model` (ModelProto or InferenceSession) on `feeds`.
 
     Time-budgeted: after `warmup` runs (fewer when they already took a quarter of the
     budget), it runs until `min_runs` are done and `max_seconds` of wall time have
     passed, or `max_runs` are done: a ResNet-50 costs ~1-2 s, a tiny model gets
-    hundreds of runs. clock="cpu" (default) times process CPU time and expects a
-    single-threaded session (what `make_session` gives); clock="wall" times wall-clock.
+    hundreds of runs. clock="cpu" times process CPU time and needs a single-threaded
+    session (what `make_session` gives, and what a ModelProto gets); clock="wall" times
+    wall-clock; clock="auto" (default) is "cpu" for a single-threaded session, else "wall"
+    (process CPU time of a thread pool would add up the threads).
     """
-    if clock not in ("cpu", "wall"):
-        raise ValueError(f"clock must be 'cpu' or 'wall', not {clock!r}")
+    if clock not in ("cpu", "wall", "auto"):
+        raise ValueError(f"clock must be 'cpu', 'wall' or 'auto', not {clock!r}")
     session = make_session(model) if isinstance(model, onnx.ModelProto) else model
+    if clock == "auto":
+        clock = "cpu" if _single_threaded(session) else "wall"
     run = session.run
     timer = time.process_time if clock == "cpu" else time.perf_counter
     start = time.perf_counter()
