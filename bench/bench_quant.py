@@ -36,6 +36,7 @@ DIGITS = ("mobilenet_digits", "resnet_digits", "vgg_digits", "resnet_digits_opse
 CONFIGS = [
     ("fp32", None, {}),
     ("int8 per-channel", "quantize_weights", {"bits": 8}),
+    ("int8 per-channel cast_mul", "quantize_weights", {"bits": 8, "decode": "cast_mul"}),
     ("int4 per-channel", "quantize_weights", {"bits": 4}),
     ("int4 per-channel mse", "quantize_weights", {"bits": 4, "clip": "mse"}),
     ("int4 block 32 fp16-scales", "quantize_weights",
