@@ -42,6 +42,7 @@ CONFIGS = [
     ("int4 block 32 fp16-scales", "quantize_weights",
      {"bits": 4, "granularity": "block", "block_size": 32, "scale_dtype": "float16"}),
     ("codebook 4-bit tensor", "quantize_codebook", {"bits": 4}),
+    ("codebook 4-bit channel_scaled", "quantize_codebook", {"bits": 4, "granularity": "channel_scaled"}),
     ("codebook 4-bit channel", "quantize_codebook", {"bits": 4, "granularity": "per_channel"}),
     ("fp16", "convert_fp16", {}),
     ("static int8 auto", "quantize_static", {}),

@@ -20,9 +20,18 @@ from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_weights, float_bi
 
 
 def cluster_slot(slot: WeightSlot, bits: int, granularity: str, iters: int):
-    """(indices, codebook, gather axis or None, decoded float32 in the original shape) for one weight."""
+    """(indices, codebook, gather axis or None, channel scale or None, decoded float32) for one weight."""
     w = slot.array
     k = 1 << bits
+    if granularity == "channel_scaled" and w.ndim >= 2:
+        axis = slot.channel_axis
+        others = tuple(i for i in range(w.ndim) if i != axis)
+        view = [1] * w.ndim
+        view[axis] = w.shape[axis]
+        scale = np.max(np.abs(w), axis=others).reshape(view).astype(np.float32)
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        codebook, indices = kmeans_1d(w / scale, k, iters)
+        return indices, codebook, None, scale, (codebook[indices] * scale).astype(np.float32)
     if granularity == "per_channel" and w.ndim >= 2:
         if slot.channel_axis == w.ndim - 1 and w.ndim == 2:
             # [K, N] with output channels last (MatMul, Gemm without transB): one codebook column per channel.
@@ -30,15 +39,15 @@ def cluster_slot(slot: WeightSlot, bits: int, granularity: str, iters: int):
             codebook = np.stack([c for c, _ in cols], axis=1)  # [k, N]
             indices = np.stack([i for _, i in cols], axis=1)  # [K, N]
             decoded = np.take_along_axis(codebook, indices, axis=0)
-            return indices, codebook, 0, decoded.reshape(w.shape)
+            return indices, codebook, 0, None, decoded.reshape(w.shape)
         rows = w.reshape(w.shape[0], -1)  # channels on axis 0 (Conv; ConvTranspose groups by input channel)
         parts = [kmeans_1d(rows[i], k, iters) for i in range(rows.shape[0])]
         codebook = np.stack([c for c, _ in parts])  # [C, k]
         indices = np.stack([i for _, i in parts])  # [C, M]
         decoded = np.take_along_axis(codebook, indices, axis=1)
-        return indices, codebook, 1, decoded.reshape(w.shape)
+        return indices, codebook, 1, None, decoded.reshape(w.shape)
     codebook, indices = kmeans_1d(w, k, iters)
-    return indices, codebook, None, codebook[indices]
+    return indices, codebook, None, None, codebook[indices]
 
 
 @register
@@ -49,7 +58,8 @@ class QuantizeCodebook(Pass):
         "Deep Compression / CoreML kmeans_lut style weight sharing: each weight tensor (or each output "
         "channel) is clustered by 1-D k-means into 2^bits float32 centroids; the weight is stored as "
         "indices (packed two per byte as UINT4 for bits <= 4, else uint8) plus the codebook, and decoded "
-        "in the graph by Cast -> Gather (per tensor) or GatherElements (per channel) -> Reshape, all from "
+        "in the graph by Cast -> Gather (per tensor; then Mul by the channel scales for channel_scaled) or "
+        "GatherElements (per channel) -> Reshape, all from "
         "constants, so onnxruntime runs it and the profiler counts it as weight storage. k-means places "
         "levels where the weights are, so at the same bits it loses less than uniform levels. Packed "
         "indices need opset 21 (the model is upgraded, or left unchanged with the reason). Biases and "
@@ -59,8 +69,9 @@ class QuantizeCodebook(Pass):
     @dataclass
     class Params:
         bits: int = param(4, "index bits: 2^bits centroids (<= 4 stored packed as UINT4, else uint8)", ge=1, le=8)
-        granularity: Literal["per_tensor", "per_channel"] = param(
-            "per_tensor", "one codebook per tensor, or one per output channel")
+        granularity: Literal["per_tensor", "channel_scaled", "per_channel"] = param(
+            "per_tensor", "one codebook per tensor; one per tensor over values divided by a per-output-channel "
+                          "scale (decoded by a Mul); or one codebook per output channel")
         iters: int = param(60, "k-means (Lloyd) iterations at most", ge=1, le=1000)
         min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
         op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
@@ -84,9 +95,10 @@ class QuantizeCodebook(Pass):
         slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
         before = after = 0
         for slot in slots:
-            indices, codebook, axis, decoded = cluster_slot(slot, params.bits, params.granularity, params.iters)
+            indices, codebook, axis, scale, decoded = cluster_slot(slot, params.bits, params.granularity,
+                                                                    params.iters)
             out, nbytes = codebook_subgraph(graph, slot.name, indices, codebook, params.bits, axis,
-                                            slot.array.shape)
+                                            slot.array.shape, scale)
             slot.value.replace_all_uses_with(out)
             if slot.name in graph.initializers:
                 graph.initializers.pop(slot.name)

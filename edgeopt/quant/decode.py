@@ -96,12 +96,14 @@ def dequantize_subgraph(graph: ir.Graph, base: str, q: np.ndarray, qp: QParams,
 
 
 def codebook_subgraph(graph: ir.Graph, base: str, indices: np.ndarray, codebook: np.ndarray, bits: int,
-                      gather_axis: int | None, out_shape: tuple[int, ...]) -> tuple[ir.Value, int]:
+                      gather_axis: int | None, out_shape: tuple[int, ...],
+                      channel_scale: np.ndarray | None = None) -> tuple[ir.Value, int]:
     """Look stored indices up in a float32 codebook.
 
     Per tensor (gather_axis None): codebook [K], Gather(codebook, indices).
     Per channel: codebook and indices of the same rank, GatherElements on gather_axis.
     Indices of <= 4 bits are stored packed as UINT4, else as uint8.
+    channel_scale (broadcastable to out_shape) multiplies the looked-up values (scaled codebooks).
     """
     store_bits = 4 if bits <= 4 else 8
     stored = int_tensor(indices, store_bits, False)
@@ -116,6 +118,10 @@ def codebook_subgraph(graph: ir.Graph, base: str, indices: np.ndarray, codebook:
     if tuple(indices.shape) != tuple(out_shape):
         shape = add_const(graph, f"{base}_shape", np.asarray(out_shape, dtype=np.int64))
         out = _node(graph, "Reshape", [out, shape], f"{base}_Reshape")
+    if channel_scale is not None:
+        scale = np.asarray(channel_scale, np.float32)
+        out = _node(graph, "Mul", [out, add_const(graph, f"{base}_channel_scale", scale)], f"{base}_Mul")
+        nbytes += int(scale.nbytes)
     out.shape = ir.Shape(out_shape)
     out.type = ir.TensorType(ir.DataType.FLOAT)
     return out, nbytes
