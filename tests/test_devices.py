@@ -105,6 +105,12 @@ def test_host_uses_calibration_from_cache(tmp_path, monkeypatch):
     assert host.efficiency_for("conv") == 0.4 and host.efficiency["conv"].mark == "C"
     assert host.dram_bytes_per_s == 7.5e9 and host.overhead_s == pytest.approx(3e-6)
     assert host.run_overhead_s == pytest.approx(12e-6)
+    assert host.peak_gops["fp32"].mark == "I"  # the GEMM did not beat the static figure: kept
+    (tmp_path / "host.yaml").write_text(yaml.safe_dump({
+        "cpu": cpu_signature(), "peak_gops_fp32": 100.0, "int8_speedup": 1.5}))
+    host = load_device("host")
+    assert host.peak_ops_per_s("fp32") == 100e9 and host.peak_gops["fp32"].mark == "C"
+    assert host.peak_ops_per_s("int8") == pytest.approx(150e9)
     # calibrated on another machine: ignored
     (tmp_path / "host.yaml").write_text(yaml.safe_dump({"cpu": "other", "efficiency": {"conv": 0.4}}))
     assert load_device("host").calibrated is False
