@@ -90,6 +90,18 @@ def test_matmul(a_shape, b_shape, macs):
     assert layer(prof, "mm")["params_count"] == 0  # both operands are activations
 
 
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_recurrent_layers(op, gates):
+    # seq 5, batch 1, input 8, hidden 4: MACs = 5 x 1 x (gates x 4) x (8 + 4)
+    node = helper.make_node(op, ["x", "w", "r"], ["y"], name="rnn", hidden_size=4)
+    prof = profile_model(make([node], [("x", [5, 1, 8])], ["y"],
+                              [f32("w", [1, gates * 4, 8]), f32("r", [1, gates * 4, 4])]))
+    rnn = layer(prof, "rnn")
+    assert rnn["macs"] == 5 * gates * 4 * 12
+    assert rnn["params_count"] == gates * 4 * 12
+    assert rnn["op_class"] == "gemm"
+
+
 def test_pooling_and_normalization_ops():
     nodes = [
         helper.make_node("MaxPool", ["x"], ["p"], name="max", kernel_shape=[2, 2], strides=[2, 2]),  # 1x4x4x4

@@ -10,6 +10,7 @@ Conventions (all hand-checkable, see tests/test_profile_counting.py):
   padding and dilation enter through the inferred output shape.
 - ConvTranspose: N x Cin x prod(in spatial) x (Cout / group) x prod(kernel).
 - Gemm: M x N x K. MatMul (batched, broadcast): prod(output) x K.
+- LSTM / GRU / RNN: directions x seq x batch x (gates x hidden) x (input + hidden).
 - Pooling: prod(output) x prod(kernel); global pooling: prod(input).
 - Data movement (Transpose, Concat, Slice, ...) has 0 ops but moves bytes;
   views (Reshape, Flatten, Squeeze, ...) move nothing.
@@ -31,7 +32,7 @@ from edgeopt.profile.graphinfo import TensorInfo
 CONV, DEPTHWISE, GEMM, ELEMENTWISE = "conv", "depthwise", "gemm", "elementwise"
 DATA, VIEW, QDQ = "data", "view", "qdq"
 MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv",
-           "QLinearMatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
+           "QLinearMatMul", "FusedConv", "FusedGemm", "FusedMatMul", "LSTM", "GRU", "RNN"}
 
 _BINARY = {"Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Pow": 4, "Max": 1, "Min": 1, "Mean": 1, "Sum": 1,
            "Equal": 1, "Greater": 1, "Less": 1, "GreaterOrEqual": 1, "LessOrEqual": 1, "And": 1, "Or": 1,
@@ -50,6 +51,7 @@ _SOFTMAX = {"Softmax": 5, "LogSoftmax": 5, "Hardmax": 1}
 _REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "CumSum"}
 _POOL = {"MaxPool", "AveragePool", "LpPool"}
+_RNN_GATES = {"LSTM", "GRU", "RNN"}  # W: [directions, gates x hidden, input], R: [.., .., hidden]
 _GLOBAL_POOL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 _DATA = {"Transpose", "Concat", "Split", "Slice", "Pad", "Gather", "GatherElements", "GatherND", "Tile",
          "Expand", "DepthToSpace", "SpaceToDepth", "Cast", "CastLike", "ConstantOfShape", "ScatterND",
@@ -134,6 +136,19 @@ def count_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[Te
         k = a[-1]
         macs = out_numel * k
         return Count(GEMM, macs, 2 * macs, weight_input=3 if op == "QLinearMatMul" else 1)
+
+    if op in _RNN_GATES:
+        x = _shape(ins[0]) if ins else None
+        w = _shape(ins[1]) if len(ins) > 1 else None
+        r = _shape(ins[2]) if len(ins) > 2 else None
+        if x is None or w is None or r is None:
+            return _unknown("shape unknown", GEMM)
+        seq, batch = (x[1], x[0]) if int(_attr(node, "layout", 0)) else (x[0], x[1])
+        directions, gate_rows, hidden = w[0], w[1], r[2]
+        macs = directions * seq * batch * gate_rows * (w[2] + hidden)
+        # gate activations, bias adds and the cell update: a few ops per gate element
+        ops = 2 * macs + directions * seq * batch * gate_rows * 4
+        return Count(GEMM, macs, ops, weight_input=1)
 
     if op in _POOL:
         kernel = _attr(node, "kernel_shape")
