@@ -88,14 +88,22 @@ def test_sample_model_loses_every_bn_and_nothing_else(name, digits):
     assert float(np.mean(np.argmax(first, 1) == np.argmax(last, 1))) >= 1 - 1 / len(labels)
 
 
-def test_opset_12_export_is_handled(digits):
-    from edgeopt.zoo import to_opset
+@pytest.mark.parametrize("opset,constants", [(9, False), (11, True), (12, False), (15, False)])
+def test_small_builder_mobilenet_at_old_and_new_opsets(opset, constants):
+    """MobileNetV2 exported at opset 9-15 (Clip as attributes / inputs), weights as Constant nodes too."""
+    from edgeopt.zoo import build_mobilenet_v2, weights_as_constants
 
-    x, labels = digits
-    original = to_opset(onnx.load(str(sample("mobilenet_digits"))), 12)
-    model, first, last = run_chain(original, x)
-    assert ops(model)["BatchNormalization"] == 0
-    assert len(model.graph.node) < len(original.graph.node)
+    original = build_mobilenet_v2(width_mult=0.35, resolution=32, num_classes=10, opset=opset)
+    if constants:
+        original = weights_as_constants(original)
+    before = ops(original)
+    assert before["BatchNormalization"] == 52
+    x = np.random.default_rng(opset).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    model, _, _ = run_chain(original, x)
+    after = ops(model)
+    assert after["BatchNormalization"] == 0 and "Constant" not in after
+    assert sum(after.values()) == sum(before.values()) - before["Constant"] - 52
+    assert after["Clip"] == before["Clip"] == 35
 
 
 def test_edgeopt_run_on_a_sample_model(tmp_path, digits):
