@@ -18,7 +18,6 @@ Prints tables and writes bench/RESULTS_prune.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -10,7 +10,7 @@ import onnx
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes.base import NodeNote
 from edgeopt.prune.criteria import DATA_CRITERIA, channel_scores, keep_indices
-from edgeopt.prune.groups import ChannelGroup, GraphAnalysis, analyze, node_label, static_shapes
+from edgeopt.prune.groups import GraphAnalysis, analyze, static_shapes
 from edgeopt.prune.macs import total_macs
 from edgeopt.prune.plan import GroupPlan, plan_groups
 from edgeopt.prune.reconstruct import refit
@@ -116,4 +116,4 @@ def _group_note(p: GroupPlan, fallback: str | None) -> NodeNote:
     return NodeNote(g.name, ops, "skipped", p.reason or "nothing to remove", figures)
 
 
-__all__ = ["PruneConfig", "PruneOutcome", "prune_model", "analyze_model", "ChannelGroup", "node_label"]
+__all__ = ["PruneConfig", "PruneOutcome", "prune_model", "analyze_model"]

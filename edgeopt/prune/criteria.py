@@ -69,7 +69,6 @@ def apoz(model: onnx.ModelProto, analysis: GraphAnalysis, groups: list[ChannelGr
     """1 - APoZ per channel of each group (mean |activation| where no ReLU follows)."""
     watch: dict[int, list[tuple[str, np.ndarray, bool]]] = {}
     for group in groups:
-        spaces = set(group.spaces)
         acts = []
         for node in analysis.graph:
             if node.op_type not in ZERO_ACTIVATIONS or not node.outputs or node.outputs[0].name not in analysis.info:
@@ -82,7 +81,6 @@ def apoz(model: onnx.ModelProto, analysis: GraphAnalysis, groups: list[ChannelGr
             acts = [(s.node.outputs[0].name, analysis.channels_of(s.node.outputs[0].name, group), False)
                     for s in group.sources]
         watch[group.id] = acts
-        del spaces
     names = sorted({n for acts in watch.values() for n, _, _ in acts})
     if not names:
         return {}

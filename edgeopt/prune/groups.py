@@ -41,8 +41,6 @@ ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "PRelu",
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 REDUCES = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
-ZERO_PRESERVING = {"Relu", "Clip", "LeakyRelu", "Identity", "Dropout", "Cast", "Abs", "Neg", "Tanh",
-                   "Softsign", "Sign", "Sin", "Sqrt", "Gelu", "Mish", "Elu", "Selu", "Celu", "Erf"}
 
 
 @dataclass(frozen=True)
