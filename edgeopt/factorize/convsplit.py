@@ -27,11 +27,10 @@ class Splitter(Protocol):
     size_figure: str  # the size's key in the figures: "depth_multiplier" or "rank"
 
     def eligible(self, layer: ConvLayer) -> str | None: ...  # None, or why the layer cannot be split
-    def full(self, layer: ConvLayer) -> int: ...  # the size at which the split is exact
     def macs_after(self, layer: ConvLayer, size: int) -> int | None: ...
     def saving(self, layer: ConvLayer, size: int) -> float: ...  # fraction of the layer's MACs saved
-    def weight_errors(self, layer: ConvLayer) -> np.ndarray: ...  # weights-only error per size
-    def fit(self, layer: ConvLayer, size: int, patches: np.ndarray | None) -> Any: ...
+    # an object with .full (the exact size), .weight_errors() (per size) and .split(size) -> a split
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None) -> Any: ...
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: Any, namer: "Namer") -> None: ...
 
 
@@ -99,14 +98,11 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
     done, macs_before, macs_after, bn_layers = 0, 0, 0, 0
     for layer in layers:
         layer_patches = patches.get(layer.name)
-
-        def fit(size: int, layer=layer, layer_patches=layer_patches):
-            return splitter.fit(layer, size, layer_patches)
-
+        factorizer = splitter.factorizer(layer, layer_patches)
         choice = choose_size(
-            splitter.full(layer), requested, lambda s, layer=layer: splitter.saving(layer, s), fit,
+            factorizer.full, requested, lambda s, layer=layer: splitter.saving(layer, s), factorizer.split,
             params.max_error, params.min_macs_saving,
-            weight_errors=None if layer_patches is not None else splitter.weight_errors(layer),
+            weight_errors=None if layer_patches is not None else factorizer.weight_errors(),
             what=splitter.what)
         before = layer.macs()
         figures: dict = {"macs_before": before}

@@ -20,14 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeopt.factorize.lowrank import (
-    balanced_factors,
-    refit_linear,
-    relative_error,
-    second_moment,
-    tail_energy,
-    whitening_factor,
-)
+from edgeopt.factorize.lowrank import LowRank, refit_linear, relative_error, second_moment, whitening_factor
 
 MAX_REFIT = 4096  # largest pointwise fan-in (C*m) refitted by least squares
 
@@ -58,58 +51,73 @@ def _per_channel(weight: np.ndarray) -> np.ndarray:
     return weight.astype(np.float64).transpose(1, 0, 2, 3).reshape(c, o, kh * kw)  # [C, O, KK]
 
 
+class DepthwiseFactorizer:
+    """All depth multipliers of one layer from one decomposition per channel.
+
+    weight [O, C, KH, KW]; patches [S, C, KH, KW] (from `sample_patches`)
+    make the fit data-weighted and the error that of the layer output.
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None):
+        self.shape = weight.shape
+        self.weight, self.bias = weight, bias
+        self.per_channel = _per_channel(weight)
+        self.plain = LowRank(self.per_channel)
+        self.full = full_multiplier(weight)
+        self.patches = None if patches is None else np.asarray(patches, dtype=np.float64)
+        self.whitened = self.chol = None
+        if self.patches is not None:
+            o, c, kh, kw = self.shape
+            self.xc = self.patches.reshape(len(self.patches), c, kh * kw)
+            self.chol = whitening_factor(second_moment(self.xc))  # [C, KK, KK]
+            self.whitened = LowRank(self.per_channel @ self.chol)
+            self.target = np.einsum("sck,ock->so", self.xc, self.per_channel.transpose(1, 0, 2)) + self._bias()
+
+    def _bias(self) -> np.ndarray:
+        return np.zeros(self.shape[0]) if self.bias is None else self.bias.astype(np.float64)
+
+    def weight_errors(self) -> np.ndarray:
+        """Relative weight error for m = 0 .. full (weights-only fits)."""
+        return self.plain.relative_errors()
+
+    def split(self, multiplier: int) -> DepthwiseSplit:
+        o, c, kh, kw = self.shape
+        m = max(1, min(int(multiplier), self.full))
+        exact = m >= self.full
+        if self.whitened is None or exact:
+            left, right = self.plain.factors(m)  # [C, O, m], [C, m, KK]
+        else:
+            left, right_w = self.whitened.factors(m)
+            # right @ chol = right_w  ->  right = right_w chol^-1
+            right = np.linalg.solve(self.chol.transpose(0, 2, 1), right_w.transpose(0, 2, 1)).transpose(0, 2, 1)
+        pointwise = left.transpose(1, 0, 2).reshape(o, c * m)
+        bias = None if self.bias is None else self.bias.astype(np.float64)
+        refitted = False
+        if self.patches is None:
+            error, error_on = float(self.weight_errors()[m]), "weights"
+        else:
+            z = np.einsum("sck,cjk->scj", self.xc, right).reshape(len(self.xc), c * m)
+            if not exact and c * m <= MAX_REFIT and len(z) >= 2 * (c * m + 1):
+                pointwise, bias = refit_linear(z, self.target, pointwise, self._bias())
+                refitted = True
+            approx = z @ pointwise.T + (self._bias() if bias is None else bias)
+            error, error_on = relative_error(approx, self.target), "output"
+        return DepthwiseSplit(
+            depthwise=right.reshape(c * m, 1, kh, kw).astype(np.float32),
+            pointwise=pointwise.reshape(o, c * m, 1, 1).astype(np.float32),
+            bias=None if bias is None else bias.astype(np.float32),
+            multiplier=m, error=error, error_on=error_on, refitted=refitted)
+
+
 def depthwise_weight_errors(weight: np.ndarray) -> np.ndarray:
     """Relative weight error ||W - W_m|| / ||W|| for m = 0 .. min(O, KH*KW)."""
-    s = np.linalg.svd(_per_channel(weight), compute_uv=False)  # [C, r]
-    tail = tail_energy(s).sum(axis=0)
-    total = tail[0]
-    return np.sqrt(tail / total) if total > 0 else np.zeros_like(tail)
+    return LowRank(_per_channel(weight)).relative_errors()
 
 
 def split_depthwise(weight: np.ndarray, bias: np.ndarray | None, multiplier: int,
                     patches: np.ndarray | None = None) -> DepthwiseSplit:
-    """The depthwise + pointwise pair with depth multiplier min(multiplier, full) approximating weight.
-
-    weight [O, C, KH, KW]; patches [S, C, KH, KW] (from `sample_patches`) makes
-    the fit data-weighted and the error that of the layer output.
-    """
-    o, c, kh, kw = weight.shape
-    kk = kh * kw
-    patches = None if patches is None else np.asarray(patches, dtype=np.float64)
-    m = max(1, min(int(multiplier), full_multiplier(weight)))
-    per_channel = _per_channel(weight)
-    exact = m >= full_multiplier(weight)
-    if patches is None or exact:
-        u, s, vt = np.linalg.svd(per_channel, full_matrices=False)
-        left, right = balanced_factors(u, s, vt, m)  # [C, O, m], [C, m, KK]
-    else:
-        xc = patches.reshape(len(patches), c, kk)
-        chol = whitening_factor(second_moment(xc))  # [C, KK, KK]
-        u, s, vt = np.linalg.svd(per_channel @ chol, full_matrices=False)
-        left, right_w = balanced_factors(u, s, vt, m)
-        # right @ chol = right_w  ->  right = right_w chol^-1
-        right = np.linalg.solve(chol.transpose(0, 2, 1), right_w.transpose(0, 2, 1)).transpose(0, 2, 1)
-    pointwise = left.transpose(1, 0, 2).reshape(o, c * m)
-    new_bias = None if bias is None else bias.astype(np.float64)
-    refitted = False
-    if patches is None:
-        errors = depthwise_weight_errors(weight)
-        error, error_on = float(errors[m]), "weights"
-    else:
-        xc = patches.reshape(len(patches), c, kk)
-        base = np.zeros(o) if bias is None else bias.astype(np.float64)
-        target = np.einsum("sck,ock->so", xc, weight.astype(np.float64).reshape(o, c, kk)) + base
-        z = np.einsum("sck,cjk->scj", xc, right).reshape(len(xc), c * m)
-        if not exact and c * m <= MAX_REFIT and len(xc) >= 2 * (c * m + 1):
-            pointwise, new_bias = refit_linear(z, target, pointwise, base)
-            refitted = True
-        approx = z @ pointwise.T + (base if new_bias is None else new_bias)
-        error, error_on = relative_error(approx, target), "output"
-    return DepthwiseSplit(
-        depthwise=right.reshape(c * m, 1, kh, kw).astype(np.float32),
-        pointwise=pointwise.reshape(o, c * m, 1, 1).astype(np.float32),
-        bias=None if new_bias is None else new_bias.astype(np.float32),
-        multiplier=m, error=error, error_on=error_on, refitted=refitted)
+    """The depthwise + pointwise pair with depth multiplier min(multiplier, full) approximating weight."""
+    return DepthwiseFactorizer(weight, bias, patches).split(multiplier)
 
 
 def depthwise_macs(out_channels: int, in_channels: int, kernel: tuple[int, int], multiplier: int,

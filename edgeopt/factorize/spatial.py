@@ -19,14 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeopt.factorize.lowrank import (
-    balanced_factors,
-    refit_linear,
-    relative_error,
-    second_moment,
-    tail_energy,
-    whitening_factor,
-)
+from edgeopt.factorize.lowrank import LowRank, refit_linear, relative_error, second_moment, whitening_factor
 
 MAX_REFIT = 4096  # largest horizontal fan-in (r*KW) refitted by least squares
 
@@ -57,50 +50,76 @@ def _matrix(weight: np.ndarray) -> np.ndarray:
     return weight.astype(np.float64).transpose(1, 2, 0, 3).reshape(c * kh, o * kw)
 
 
+class SpatialFactorizer:
+    """All ranks of one layer from one decomposition (weights-only, or whitened by the patches)."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None):
+        self.shape = weight.shape
+        self.bias = bias
+        self.matrix = _matrix(weight)
+        self.full = full_rank(weight)
+        self.patches = None if patches is None else np.asarray(patches, dtype=np.float64)
+        self._plain: LowRank | None = None
+        self.whitened = None
+        if self.patches is not None:
+            o, c, kh, kw = self.shape
+            n = len(self.patches)
+            self.columns = self.patches.transpose(0, 3, 1, 2).reshape(n, kw, c * kh)  # per (sample, kw)
+            self.chol = whitening_factor(second_moment(self.columns.reshape(n * kw, c * kh)))
+            self.whitened = LowRank(self.chol.T @ self.matrix)
+            self.target = np.einsum("sckl,ockl->so", self.patches, weight.astype(np.float64)) + self._bias()
+
+    @property
+    def plain(self) -> LowRank:
+        if self._plain is None:
+            self._plain = LowRank(self.matrix)
+        return self._plain
+
+    def _bias(self) -> np.ndarray:
+        return np.zeros(self.shape[0]) if self.bias is None else self.bias.astype(np.float64)
+
+    def weight_errors(self) -> np.ndarray:
+        """Relative weight error for r = 0 .. full (weights-only fits)."""
+        return self.plain.relative_errors()
+
+    def split(self, rank: int) -> SpatialSplit:
+        o, c, kh, kw = self.shape
+        r = max(1, min(int(rank), self.full))
+        exact = r >= self.full
+        if self.whitened is None or exact:
+            left, right = self.plain.factors(r)  # [C*KH, r], [r, O*KW]
+        else:
+            left_w, right = self.whitened.factors(r)
+            left = np.linalg.solve(self.chol.T, left_w)
+        horizontal = right.reshape(r, o, kw).transpose(1, 0, 2).reshape(o, r * kw)
+        bias = None if self.bias is None else self.bias.astype(np.float64)
+        refitted = False
+        if self.patches is None:
+            error, error_on = float(self.weight_errors()[r]), "weights"
+        else:
+            n = len(self.patches)
+            z = (self.columns @ left).transpose(0, 2, 1).reshape(n, r * kw)  # vertical outputs, (j, kw) order
+            if not exact and r * kw <= MAX_REFIT and n >= 2 * (r * kw + 1):
+                horizontal, bias = refit_linear(z, self.target, horizontal, self._bias())
+                refitted = True
+            approx = z @ horizontal.T + (self._bias() if bias is None else bias)
+            error, error_on = relative_error(approx, self.target), "output"
+        return SpatialSplit(
+            vertical=left.T.reshape(r, c, kh, 1).astype(np.float32),
+            horizontal=horizontal.reshape(o, r, 1, kw).astype(np.float32),
+            bias=None if bias is None else bias.astype(np.float32),
+            rank=r, error=error, error_on=error_on, refitted=refitted)
+
+
 def spatial_weight_errors(weight: np.ndarray) -> np.ndarray:
     """Relative weight error ||W - W_r|| / ||W|| for r = 0 .. min(C*KH, O*KW)."""
-    tail = tail_energy(np.linalg.svd(_matrix(weight), compute_uv=False))
-    return np.sqrt(tail / tail[0]) if tail[0] > 0 else np.zeros_like(tail)
+    return LowRank(_matrix(weight)).relative_errors()
 
 
 def split_spatial(weight: np.ndarray, bias: np.ndarray | None, rank: int,
                   patches: np.ndarray | None = None) -> SpatialSplit:
     """The vertical + horizontal pair of rank min(rank, full) approximating weight [O, C, KH, KW]."""
-    o, c, kh, kw = weight.shape
-    patches = None if patches is None else np.asarray(patches, dtype=np.float64)
-    r = max(1, min(int(rank), full_rank(weight)))
-    exact = r >= full_rank(weight)
-    matrix = _matrix(weight)
-    if patches is None or exact:
-        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
-        left, right = balanced_factors(u, s, vt, r)  # [C*KH, r], [r, O*KW]
-    else:
-        columns = patches.transpose(0, 3, 1, 2).reshape(-1, c * kh)  # one row per (sample, kw)
-        chol = whitening_factor(second_moment(columns))
-        u, s, vt = np.linalg.svd(chol.T @ matrix, full_matrices=False)
-        left_w, right = balanced_factors(u, s, vt, r)
-        left = np.linalg.solve(chol.T, left_w)
-    horizontal = right.reshape(r, o, kw).transpose(1, 0, 2).reshape(o, r * kw)
-    new_bias = None if bias is None else bias.astype(np.float64)
-    refitted = False
-    if patches is None:
-        error, error_on = float(spatial_weight_errors(weight)[r]), "weights"
-    else:
-        n = len(patches)
-        base = np.zeros(o) if bias is None else bias.astype(np.float64)
-        target = np.einsum("sckl,ockl->so", patches, weight.astype(np.float64)) + base
-        columns = patches.transpose(0, 3, 1, 2).reshape(n, kw, c * kh)
-        z = (columns @ left).transpose(0, 2, 1).reshape(n, r * kw)  # vertical outputs, (j, kw) order
-        if not exact and r * kw <= MAX_REFIT and n >= 2 * (r * kw + 1):
-            horizontal, new_bias = refit_linear(z, target, horizontal, base)
-            refitted = True
-        approx = z @ horizontal.T + (base if new_bias is None else new_bias)
-        error, error_on = relative_error(approx, target), "output"
-    return SpatialSplit(
-        vertical=left.T.reshape(r, c, kh, 1).astype(np.float32),
-        horizontal=horizontal.reshape(o, r, 1, kw).astype(np.float32),
-        bias=None if new_bias is None else new_bias.astype(np.float32),
-        rank=r, error=error, error_on=error_on, refitted=refitted)
+    return SpatialFactorizer(weight, bias, patches).split(rank)
 
 
 def spatial_macs(out_channels: int, in_channels: int, kernel: tuple[int, int], rank: int,

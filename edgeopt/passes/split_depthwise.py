@@ -11,13 +11,7 @@ import onnx_ir as ir
 
 from edgeopt.factorize.conv_layers import ConvLayer
 from edgeopt.factorize.convsplit import Namer, conv_node, geometry_attrs, replace, run_split, weight
-from edgeopt.factorize.depthwise import (
-    DepthwiseSplit,
-    depthwise_macs,
-    depthwise_weight_errors,
-    full_multiplier,
-    split_depthwise,
-)
+from edgeopt.factorize.depthwise import DepthwiseFactorizer, DepthwiseSplit, depthwise_macs
 from edgeopt.passes import register
 from edgeopt.passes.base import Pass, PassContext, PassResult, param
 
@@ -48,9 +42,6 @@ class _DepthwiseSplitter:
             return "1x1 kernel: already pointwise, nothing to split"
         return None
 
-    def full(self, layer: ConvLayer) -> int:
-        return full_multiplier(layer.weight)
-
     def saving(self, layer: ConvLayer, size: int) -> float:
         o, _, kh, kw = layer.weight.shape
         return 1.0 - size * (kh * kw + o) / (o * kh * kw)
@@ -61,11 +52,8 @@ class _DepthwiseSplitter:
         o, c, kh, kw = layer.weight.shape
         return layer.batch * depthwise_macs(o, c, (kh, kw), size, layer.out_hw[0] * layer.out_hw[1])
 
-    def weight_errors(self, layer: ConvLayer) -> np.ndarray:
-        return depthwise_weight_errors(layer.weight)
-
-    def fit(self, layer: ConvLayer, size: int, patches: np.ndarray | None) -> DepthwiseSplit:
-        return split_depthwise(layer.weight, layer.bias, size, patches)
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None) -> DepthwiseFactorizer:
+        return DepthwiseFactorizer(layer.weight, layer.bias, patches)
 
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: DepthwiseSplit, namer: Namer) -> None:
         _, c, kh, kw = layer.weight.shape

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from edgeopt.factorize.conv_layers import ConvLayer
 from edgeopt.factorize.convsplit import Namer, conv_node, geometry_attrs, replace, run_split, weight
-from edgeopt.factorize.spatial import SpatialSplit, full_rank, spatial_macs, spatial_weight_errors, split_spatial
+from edgeopt.factorize.spatial import SpatialFactorizer, SpatialSplit, spatial_macs
 from edgeopt.passes import register
 from edgeopt.passes.base import Pass, PassContext, PassResult, param
 
@@ -47,9 +47,6 @@ class _SpatialSplitter:
             return f"{kh}x{kw} kernel: already one-dimensional, nothing to split"
         return None
 
-    def full(self, layer: ConvLayer) -> int:
-        return full_rank(layer.weight)
-
     def _width_ratio(self, layer: ConvLayer) -> float:
         """Input width / output width: the vertical conv runs at the full input width."""
         if layer.in_hw and layer.out_hw:
@@ -66,11 +63,8 @@ class _SpatialSplitter:
         o, c, kh, kw = layer.weight.shape
         return layer.batch * spatial_macs(o, c, (kh, kw), size, layer.out_hw, layer.in_hw[1])
 
-    def weight_errors(self, layer: ConvLayer) -> np.ndarray:
-        return spatial_weight_errors(layer.weight)
-
-    def fit(self, layer: ConvLayer, size: int, patches: np.ndarray | None) -> SpatialSplit:
-        return split_spatial(layer.weight, layer.bias, size, patches)
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None) -> SpatialFactorizer:
+        return SpatialFactorizer(layer.weight, layer.bias, patches)
 
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: SpatialSplit, namer: Namer) -> None:
         kh, kw = layer.weight.shape[2:]
