@@ -151,3 +151,12 @@ def test_bad_parameter_rejected_with_location():
     doc = {"model": "m.onnx", "passes": [{"quantize_static": {"calibration": "kl"}}]}
     with pytest.raises(UserError, match=r"quantize_static\.calibration: must be 'minmax' or 'percentile' or"):
         parse_recipe(doc, Path("r.yaml"))
+
+
+def test_already_quantized_model_is_left_unchanged():
+    weights = get_pass("quantize_weights")
+    model = weights().apply(toy_model(), weights.Params(min_elements=0), PassContext()).model
+    result = apply(model, mode="all")
+    assert not result.modified and result.model is model and "already quantized" in result.summary
+    again = apply(apply(toy_model(), mode="all").model, mode="all")
+    assert not again.modified and "already quantized" in again.summary

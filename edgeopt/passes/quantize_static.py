@@ -97,6 +97,11 @@ class QuantizeStatic(Pass):
             notes = list(notes or []) + [NodeNote("(model)", "", "skipped", reason)]
             return PassResult(model, False, notes, summary=f"left unchanged: {reason}")
 
+        decoders = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear",
+                                                                  "QLinearConv", "QLinearMatMul")]
+        if decoders:
+            return unchanged(f"the model is already quantized ({decoders[0].op_type} {decoders[0].name!r}); "
+                             "run quantize_static on the float model")
         try:
             prepared, prep_steps = prepare_float(model, ctx)
         except OpsetUpgradeError as exc:
