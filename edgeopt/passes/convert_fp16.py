@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from edgeopt.graph.edit import add_initializer, to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
-from edgeopt.passes.quantize_weights import _fmt_bytes
+from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import excluded
 
@@ -127,5 +127,5 @@ class ConvertFp16(Pass):
         n_conv = sum(n.action == "converted" for n in notes)
         n_kept = sum(n.action == "skipped" for n in notes)
         summary = (f"float16: {n_conv} nodes converted, {n_kept} kept float32, {n_casts} Casts added; float "
-                   f"weights {_fmt_bytes(before)} -> {_fmt_bytes(f16_after + f32_after)}")
+                   f"weights {fmt_bytes(before)} -> {fmt_bytes(f16_after + f32_after)}")
         return PassResult(result, True, notes, summary=summary)

@@ -10,10 +10,10 @@ import onnx
 
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
-from edgeopt.passes.quantize_weights import _fmt_bytes
 from edgeopt.quant.decode import codebook_subgraph
 from edgeopt.quant.kmeans import kmeans_1d
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
+from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
 from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_weights, float_bias_bytes
@@ -125,8 +125,8 @@ class QuantizeCodebook(Pass):
         n_bias, bias_bytes = float_bias_bytes(graph)
         small = sum(1 for n in notes if n.action == "skipped" and "min_elements" in n.reason)
         summary = (f"clustered {len(slots)} weights into {1 << params.bits} centroids {params.granularity}: "
-                   f"{_fmt_bytes(before)} -> {_fmt_bytes(after)} ({before / max(after, 1):.2f}x); "
-                   f"{n_bias} biases ({_fmt_bytes(bias_bytes)}) and {small} small weights stay float")
+                   f"{fmt_bytes(before)} -> {fmt_bytes(after)} ({before / max(after, 1):.2f}x); "
+                   f"{n_bias} biases ({fmt_bytes(bias_bytes)}) and {small} small weights stay float")
         if upgrade_note:
             summary += f"; {upgrade_note}"
         return PassResult(result, True, notes, summary=summary)

@@ -13,17 +13,10 @@ from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, regis
 from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
+from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
 from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_weights, float_bias_bytes
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} GB"
 
 
 def required_opset(bits: int, granularity: str, scale_dtype: str, decode: str = "dequantize_linear") -> int:
@@ -144,8 +137,8 @@ class QuantizeWeights(Pass):
         n_bias, bias_bytes = float_bias_bytes(graph)
         small = sum(1 for n in notes if n.action == "skipped" and "min_elements" in n.reason)
         summary = (f"quantized {len(slots)} weights to {'int' if params.symmetric else 'uint'}{params.bits} "
-                   f"{params.granularity}: {_fmt_bytes(before)} -> {_fmt_bytes(after)} "
-                   f"({before / max(after, 1):.2f}x); {n_bias} biases ({_fmt_bytes(bias_bytes)})"
+                   f"{params.granularity}: {fmt_bytes(before)} -> {fmt_bytes(after)} "
+                   f"({before / max(after, 1):.2f}x); {n_bias} biases ({fmt_bytes(bias_bytes)})"
                    f" and {small} small weights stay float")
         if upgrade_note:
             summary += f"; {upgrade_note}"
