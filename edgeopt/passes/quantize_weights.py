@@ -59,7 +59,7 @@ class QuantizeWeights(Pass):
         "packed two per byte) plus float scales (and zero points when asymmetric), decoded in the graph by "
         "DequantizeLinear, so plain onnxruntime runs the model and the file really shrinks. Activations "
         "stay float. Granularity: one scale per tensor, per output channel, or per block of block_size "
-        "values along the reduction axis (Conv weights are viewed as [out, in*kh*kw] for blocks). "
+        "values along the reduction axis (Conv weights are viewed as (out, in*kh*kw) for blocks). "
         "Per-channel needs opset 13, float16 scales 19, int4 or blocks 21: the model is upgraded with "
         "onnx's version converter, and left unchanged with the reason when it cannot be. Biases and "
         "tensors smaller than min_elements stay float.")
