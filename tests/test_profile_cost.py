@@ -160,3 +160,32 @@ def test_static_int8_qdq_runs_the_layer_in_int8():
     assert by["dq_in"]["bound"] == "free" and by["dq_out"]["bound"] == "free"
     # live activations: x (1024 B fp32) and xq (256 B) at q_in; then xq + cq (512 B int8)
     assert prof.totals["peak_activation_bytes"] == 1024 + 256
+
+
+def _weight_only_int8_conv():
+    wq = numpy_helper.from_array(np.ones((8, 4, 3, 3), np.int8), "wq")
+    scale = numpy_helper.from_array(np.full(8, 0.5, np.float32), "ws")
+    return model([helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], name="dq", axis=0),
+                  helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+                 [1, 4, 8, 8], [wq, scale])
+
+
+@pytest.mark.parametrize("mode,precision,weight_bytes,latency_ms", [
+    # native (the default): the layer computes in int8 at 4x the fp32 peak; weights stay int8 (288 + 32 B)
+    ("native", "int8", 288 + 32, 36864 / (400e9 * 0.5) * 1e3),
+    # load: decoded once to fp32 (288 x 4 B + the scales), computed in fp32
+    ("load", "fp32", 1152 + 32, 36864 / (100e9 * 0.5) * 1e3),
+    # runtime: decoded on every run: fp32 compute x slowdown 2, plus 10 us for the decode
+    ("runtime", "fp32", 288 + 32, 2 * 36864 / (100e9 * 0.5) * 1e3 + 0.010),
+])
+def test_weight_only_int8_by_decode_mode(mode, precision, weight_bytes, latency_ms):
+    dev = parse_device({**TOY, "precisions": ["int8", "fp32"], "peak_gops": {"fp32": 100, "int8": 400},
+                        "onchip_bytes": 1 << 20,
+                        "weight_decode": {"mode": mode, "runtime_ops": ["DequantizeLinear"],
+                                          "slowdown": {"conv": 2}, "layer_us": 10}}, "t.yaml")
+    conv = profile_model(_weight_only_int8_conv(), dev).layers[0]
+    assert conv["weight_precision"] == "int8"
+    assert conv["compute_precision"] == precision
+    assert conv["device_weight_bytes"] == weight_bytes
+    assert conv["est_latency_ms"] == pytest.approx(latency_ms)
+    assert conv.get("weight_decode") == (None if mode == "native" else mode)

@@ -43,8 +43,28 @@ MARKS = ("P", "M", "I", "C")
 _TOP_KEYS = {
     "name", "title", "kind", "notes", "precisions", "default_precision", "peak_gops", "dram_gbps",
     "onchip_bytes", "onchip_gbps", "power_w", "alignment", "efficiency", "fuses", "energy_pj",
-    "sparse_weights", "layer_overhead_us", "run_overhead_us", "cores",
+    "sparse_weights", "layer_overhead_us", "run_overhead_us", "cores", "weight_decode",
 }
+WEIGHT_DECODE_MODES = ("native", "load", "runtime")
+
+
+@dataclass(frozen=True)
+class WeightDecode:
+    """What the device does with low-bit weights that feed a layer with wider activations.
+
+    native: the layer computes in the stored weight precision (mapped to the device);
+    load: weights are decoded once at load, the layer computes at the activation precision;
+    runtime: decode ops in `runtime_ops` run on every inference (other decodes fold at load)
+    and the layer runs `slowdown[class]` times slower (decode pass, no pre-packed weights)
+    plus `layer_us` per decoded layer (the decode node itself).
+    """
+
+    mode: str = "native"
+    runtime_ops: tuple[str, ...] = ()
+    slowdown: dict = field(default_factory=dict)
+    layer_us: float = 0.0  # fixed cost of decoding one layer's weights at run time
+    source: str | None = None
+    mark: str | None = None
 _FIGURE_KEYS = {"value", "source", "mark", "note", "assume", "unit"}
 
 
@@ -106,6 +126,7 @@ class Device:
         sparse_weights: whether weights can stay sparse-encoded in memory.
         layer_overhead_us: fixed cost per executed layer (dispatch), µs.
         run_overhead_us: fixed cost per inference (runtime call, input / output copies), µs.
+        weight_decode: how weight-only quantized layers run (see WeightDecode).
         calibrated: True when measured factors from `edgeopt calibrate host` are in use.
     """
 
@@ -131,6 +152,7 @@ class Device:
     kind: str = ""
     notes: str = ""
     cores: Figure = field(default_factory=Figure)
+    weight_decode: WeightDecode = field(default_factory=WeightDecode)
     calibrated: bool = False
     calibration: dict = field(default_factory=dict)
 
@@ -383,6 +405,7 @@ def parse_device(data: dict, path: Path | str = "<device>") -> Device:
         energy_mac[p] = _figure(raw, f"energy_pj.mac.{p}", fail, positive=True)
 
     sparse = _figure(data.get("sparse_weights", False), "sparse_weights", fail, boolean=True)
+    decode = _weight_decode(data.get("weight_decode"), fail)
 
     return Device(
         name=name,
@@ -407,7 +430,39 @@ def parse_device(data: dict, path: Path | str = "<device>") -> Device:
         sparse_weights=sparse,
         layer_overhead_us=_figure(data.get("layer_overhead_us"), "layer_overhead_us", fail, nonneg=True),
         run_overhead_us=_figure(data.get("run_overhead_us"), "run_overhead_us", fail, nonneg=True),
+        weight_decode=decode,
     )
+
+
+def _weight_decode(raw, fail) -> WeightDecode:
+    if raw is None:
+        return WeightDecode()
+    if isinstance(raw, str):
+        raw = {"mode": raw}
+    if not isinstance(raw, dict):
+        fail("weight_decode", f"must be a mode ({', '.join(WEIGHT_DECODE_MODES)}) or a mapping with mode")
+    for key in raw:
+        if key not in ("mode", "runtime_ops", "slowdown", "layer_us", "source", "mark", "note"):
+            fail(f"weight_decode.{key}", "unknown key; use mode, runtime_ops, slowdown, layer_us, source, mark")
+    mode = raw.get("mode", "native")
+    if mode not in WEIGHT_DECODE_MODES:
+        fail("weight_decode.mode", f"{mode!r}: use {', '.join(WEIGHT_DECODE_MODES)}")
+    ops = raw.get("runtime_ops") or []
+    if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+        fail("weight_decode.runtime_ops", "must be a list of ONNX op types, e.g. [DequantizeLinear]")
+    slowdown = raw.get("slowdown") or {}
+    if not isinstance(slowdown, dict):
+        fail("weight_decode.slowdown", f"must map op classes ({', '.join(OP_CLASSES)}) to factors >= 1")
+    for cls, value in slowdown.items():
+        if cls not in OP_CLASSES:
+            fail(f"weight_decode.slowdown.{cls}", f"unknown op class; use {', '.join(OP_CLASSES)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+            fail(f"weight_decode.slowdown.{cls}", f"must be a number >= 1, got {value!r}")
+    layer_us = raw.get("layer_us", 0.0)
+    if isinstance(layer_us, bool) or not isinstance(layer_us, (int, float)) or layer_us < 0:
+        fail("weight_decode.layer_us", f"must be a number >= 0 (µs per decoded layer), got {layer_us!r}")
+    return WeightDecode(mode=mode, runtime_ops=tuple(ops), slowdown={k: float(v) for k, v in slowdown.items()},
+                        layer_us=float(layer_us), source=raw.get("source") or raw.get("note"), mark=raw.get("mark"))
 
 
 def _figure(raw, field_name: str, fail, positive: bool = False, nonneg: bool = False,
@@ -474,11 +529,20 @@ def apply_host_calibration(device: Device, path: Path | None = None) -> Device:
     if "int8" in peak and fp32 and isinstance(speedup, (int, float)) and speedup > 0:
         peak["int8"] = Figure(round(fp32 * speedup, 3), mark="C",
                               source=source + f": fp32 peak x measured int8 QDQ conv speed-up {speedup:.2f}")
+    decode = device.weight_decode
+    measured_slowdown = data.get("weight_decode_slowdown")
+    if isinstance(measured_slowdown, dict) and decode.mode == "runtime":
+        slowdown = dict(decode.slowdown)
+        slowdown.update({k: max(float(v), 1.0) for k, v in measured_slowdown.items()
+                         if k in OP_CLASSES and isinstance(v, (int, float))})
+        layer_us = data.get("weight_decode_layer_us")
+        layer_us = float(layer_us) if isinstance(layer_us, (int, float)) and layer_us >= 0 else decode.layer_us
+        decode = dataclasses.replace(decode, slowdown=slowdown, layer_us=layer_us, mark="C", source=source)
     overheads = {}
     for key in ("layer_overhead_us", "run_overhead_us"):
         value = data.get(key)
         if isinstance(value, (int, float)) and value >= 0:
             overheads[key] = Figure(float(value), source=source, mark="C")
     return dataclasses.replace(device, efficiency=efficiency, dram_gbps=dram, peak_gops=peak, calibrated=True,
-                               calibration=data,
+                               calibration=data, weight_decode=decode,
                                **overheads)

@@ -11,7 +11,9 @@ chain of tiny nodes gives the per-node dispatch cost. Then, per op class,
 (a time-weighted fit, which is what a summed network latency needs), and
 DRAM bandwidth = bytes / time of an Add too large for the caches. The int8
 peak is the fp32 peak times the measured speed-up of static-QDQ int8 convs
-over the same fp32 convs. The fp32
+over the same fp32 convs. The weight-decode slow-downs compare each conv /
+depthwise / gemm micro-benchmark with its weight stored int8 and decoded by
+DequantizeLinear (weight-only quantization) against the float original. The fp32
 peak is the static figure, or the throughput of a large GEMM measured here
 when that is higher (turbo clocks beat the base clock the static figure uses). The result
 goes to $EDGEOPT_CACHE_DIR/host.yaml (default ~/.cache/edgeopt/host.yaml),
@@ -88,8 +90,28 @@ def qdq_conv_model(c: int, hw: int, rng) -> onnx.ModelProto:
     return _model(nodes, [_vi("x", [1, c, hw, hw])], [_vi("y", [1, c, hw, hw])], [scale, zero, wzero, wscale, wq])
 
 
-def gemm_model(k: int, n: int, rows: int, rng) -> tuple[onnx.ModelProto, int, int]:
-    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+def with_dequantized_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same one-node model with its weight stored int8 per channel and decoded by DequantizeLinear."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    node = out.graph.node[0]
+    w_name = node.input[1]
+    init = next(i for i in out.graph.initializer if i.name == w_name)
+    w = numpy_helper.to_array(init)
+    axis = 0
+    scale = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / 127 + 1e-12
+    q = np.clip(np.round(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
+    out.graph.initializer.remove(init)
+    out.graph.initializer.extend([numpy_helper.from_array(q, w_name + "_q"),
+                                  numpy_helper.from_array(scale.astype(np.float32), w_name + "_s"),
+                                  numpy_helper.from_array(np.zeros(w.shape[0], np.int8), w_name + "_z")])
+    decode = helper.make_node("DequantizeLinear", [w_name + "_q", w_name + "_s", w_name + "_z"], [w_name], axis=axis)
+    out.graph.node.insert(0, decode)
+    return out
+
+
+def gemm_model(k: int, n: int, rows: int, rng, trans_b: bool = True) -> tuple[onnx.ModelProto, int, int]:
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1 if trans_b else 0)
     model = _model([node], [_vi("x", [rows, k])], [_vi("y", [rows, n])], [_w("w", [n, k], rng), _w("b", [n], rng)])
     return model, 2 * rows * n * k + rows * n, 4 * (rows * k + n * k + rows * n)
 
@@ -153,7 +175,8 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
         "conv": [conv_model(c, c, hw, 1, rng) for c, hw in CONV_SHAPES],
         "depthwise": [conv_model(96, 96, 56, 96, rng), conv_model(192, 192, 28, 192, rng),
                       conv_model(384, 384, 14, 384, rng), conv_model(960, 960, 7, 960, rng)],
-        "gemm": [gemm_model(1280, 1000, 1, rng), gemm_model(512, 10, 1, rng), gemm_model(256, 256, 64, rng)],
+        "gemm": [gemm_model(1280, 1000, 1, rng, trans_b=True), gemm_model(512, 10, 1, rng, trans_b=True),
+                 gemm_model(256, 256, 64, rng, trans_b=True)],
         "elementwise": [add_model(64 * 56 * 56), add_model(128 * 28 * 28), add_model(256 * 14 * 14)],
     }
     samples: list[Sample] = []
@@ -172,6 +195,21 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
             spent += max(kernel - mem_s, 1e-7)
         efficiency[op_class] = round(min(max(ideal / spent, 1e-4), 1.0), 5)
 
+    say("calibrate: weights decoded by DequantizeLinear on every run (weight-only int8)")
+    slowdown = {}
+    for op_class in ("conv", "depthwise", "gemm"):
+        float_ms = sum(x.measured_ms for x in samples if x.op_class == op_class)
+        decoded_ms = sum(_time(with_dequantized_weights(model), rng, budget_s) for model, _, _ in benches[op_class])
+        slowdown[op_class] = round(max(decoded_ms / float_ms, 1.0), 3) if float_ms > 0 else 1.0
+    # the fixed part: small convs, where the decode node costs more than the slower kernel
+    fixed = []
+    for c, hw in ((32, 16), (64, 8), (128, 4)):
+        model = conv_model(c, c, hw, 1, rng)[0]
+        float_ms = _time(model, rng, budget_s)
+        decoded_ms = _time(with_dequantized_weights(model), rng, budget_s)
+        fixed.append(decoded_ms - float_ms * slowdown["conv"])
+    decode_layer_us = round(max(float(np.median(fixed)) * 1e3, 0.0), 3)
+
     say("calibrate: int8 (static QDQ conv against the same fp32 conv)")
     fp32_conv = sum(x.measured_ms for x in samples if x.op_class == "conv")
     int8_conv = sum(_time(qdq_conv_model(c, hw, rng), rng, budget_s) for c, hw in CONV_SHAPES)
@@ -185,6 +223,8 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
         "peak_gops_fp32": None if measured_peak is None else round(measured_peak / 1e9, 3),
         "gemm_gops_measured": round(gemm_rate / 1e9, 3),
         "int8_speedup": round(int8_speedup, 4),
+        "weight_decode_slowdown": slowdown,
+        "weight_decode_layer_us": decode_layer_us,
         "efficiency": efficiency,
         "dram_gbps": round(dram_gbps, 3),
         "layer_overhead_us": round(node_us, 3),

@@ -69,18 +69,24 @@ def device_act_bytes(device: Device | None, item: ActItem) -> int | None:
 
 
 def device_weight_bytes(device: Device, stored_precision: str | None, weights: list[WeightItem]) -> int:
-    """Weight bytes as the device holds them: stored size, or the compute width when smaller."""
-    width = PRECISION_BYTES[device.compute_precision(stored_precision or device.default_precision)]
+    """Weight bytes as the device holds them: stored size, or the float compute width when smaller
+    (an fp32 weight on an fp16 device is converted once; integer compute keeps what is stored)."""
+    p = device.compute_precision(stored_precision or device.default_precision)
+    if p not in ("fp16", "fp32"):
+        return sum(w.stored_bytes for w in weights)
+    width = PRECISION_BYTES[p]
     return sum(min(w.stored_bytes, int(w.numel * width + 0.5)) for w in weights)
 
 
 def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | None, stored_precision: str,
                weights: list[WeightItem], acts: list[ActItem], weights_resident: bool = False,
-               resident_bytes: int = 0) -> LayerCost:
+               resident_bytes: int = 0, slowdown: float = 1.0, extra_s: float = 0.0) -> LayerCost:
     """Roofline cost of one layer (or fusion group).
 
     weights_resident: all the model's weights (`resident_bytes`) stay in on-chip memory
     across inferences, so weights move no DRAM bytes and activations have the rest.
+    slowdown, extra_s: compute-time factor and fixed time for weights decoded on every run
+    (Device.weight_decode).
     """
     p = device.compute_precision(stored_precision or device.default_precision)
     weight_bytes = device_weight_bytes(device, stored_precision, weights)
@@ -108,13 +114,13 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
     if op_class in (DATA, QDQ):
         cls = ELEMENTWISE
     peak = device.peak_ops_per_s(p)
-    compute_s = effective_ops / (peak * device.efficiency_for(cls)) if peak else None
+    compute_s = effective_ops * slowdown / (peak * device.efficiency_for(cls)) if peak else None
     bandwidth = device.dram_bytes_per_s
     memory_s = dram_bytes / bandwidth if bandwidth else None
     if compute_s is None or memory_s is None:
         return LayerCost(p, weight_bytes, compute_s, memory_s, None, dram_bytes, working_set, fits_known,
                          None, None, None)
-    latency = max(compute_s, memory_s) + device.overhead_s
+    latency = max(compute_s, memory_s) + device.overhead_s + extra_s
     bound = "compute" if compute_s >= memory_s else "memory"
 
     energy = None

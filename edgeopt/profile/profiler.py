@@ -12,7 +12,7 @@ from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, device_w
 from edgeopt.profile.counting import VIEW, Count, count_node
 from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
 from edgeopt.profile.memory import act_inputs, decide_fusion, liveness
-from edgeopt.profile.weights import WeightTable
+from edgeopt.profile.weights import WeightTable, narrower
 
 CONTRACT_TOTALS = ("macs", "params_count", "weight_bytes", "peak_activation_bytes", "est_latency_ms",
                    "est_energy_mj")
@@ -98,11 +98,13 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
 
     layers = []
     by_idx = {}
+    act_precisions = {}
     for idx in order:
         node, count, lw = info.nodes[idx], counts[idx], weights[idx]
         out_sizes = [info.info(o).nbytes if info.info(o) else None for o in node.output if o]
         acts_in = act_inputs(info, node)
         act_precision = _act_precision(info, acts_in[0]) if acts_in else None
+        act_precisions[idx] = act_precision
         layer = {
             "name": names[idx],
             "op_type": node.op_type,
@@ -157,6 +159,16 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
         roots = [r for m in members for r in weights[m].roots if r in table.stored]
         witems = [WeightItem(table.stored[r].bytes_on(sparse_ok), table.stored[r].numel) for r in roots]
         layer = by_idx[idx]
+        stored_precision, slowdown, extra_s = layer["stored_precision"], 1.0, 0.0
+        decode = _weight_decode_mode(device, weights[idx], act_precisions[idx])
+        if decode is not None:  # weight-only quantized layer on a device that decodes the weights
+            layer["weight_decode"] = decode
+            stored_precision = act_precisions[idx]
+            if decode == "load":  # held decoded, at the activation width
+                witems = [WeightItem(int(w.numel * 4), w.numel) for w in witems]
+            else:
+                slowdown = device.weight_decode.slowdown.get(counts[idx].op_class, 1.0)
+                extra_s = device.weight_decode.layer_us * 1e-6
         layer["input_bytes"] = _sum_or_none([device_act_bytes(None, _act_item(info, t, fusion.alias)) for t in ins])
         if device is None:
             touched = _sum_or_none([w.stored_bytes for w in witems] + [a.stored_bytes for a in acts])
@@ -165,8 +177,9 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
                 layer["arithmetic_intensity"] = ops / touched
             continue
         cost = layer_cost(device, op_class=counts[idx].op_class, macs=counts[idx].macs, ops=ops,
-                          stored_precision=layer["stored_precision"], weights=witems, acts=acts,
-                          weights_resident=resident, resident_bytes=resident_bytes)
+                          stored_precision=stored_precision, weights=witems, acts=acts,
+                          weights_resident=resident, resident_bytes=resident_bytes, slowdown=slowdown,
+                          extra_s=extra_s)
         layer.update(
             compute_precision=cost.compute_precision,
             working_set_bytes=cost.working_set_bytes,
@@ -184,6 +197,19 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
     totals = _totals(info, order, layers, table, sparse_ok, live, names, device)
     return Profile(device=device.name if device else None, totals=totals, layers=layers,
                    input_shapes=info.input_shapes)
+
+
+def _weight_decode_mode(device, lw, act_precision) -> str | None:
+    """"load" / "runtime" when the device decodes this layer's low-bit weights instead of
+    computing in their precision (Device.weight_decode), else None."""
+    if device is None or not lw.decode_ops or not narrower(lw.precision, act_precision):
+        return None
+    wd = device.weight_decode
+    if wd.mode == "runtime" and lw.decode_ops & set(wd.runtime_ops):
+        return "runtime"
+    if wd.mode in ("runtime", "load"):
+        return "load"
+    return None
 
 
 def _sum_or_none(values):

@@ -52,6 +52,7 @@ class LayerWeights:
     params_count: int = 0
     roots: list[str] = field(default_factory=list)  # stored tensors first used by this layer
     precision: str | None = None  # stored weight precision of the main weight
+    decode_ops: set[str] = field(default_factory=set)  # op types of the main weight's decode subgraph
 
 
 class WeightTable:
@@ -132,7 +133,7 @@ class WeightTable:
             if precision == "int8" and decode_ops & _UNPACK_OPS:
                 precision = "int4"
             if main_numel > best_numel and precision is not None:
-                best_numel, out.precision = main_numel, precision
+                best_numel, out.precision, out.decode_ops = main_numel, precision, set(decode_ops)
         return out
 
     def totals(self, sparse_ok: bool) -> dict:
@@ -150,6 +151,13 @@ class WeightTable:
             "weight_bytes_by_dtype": dict(sorted(by_dtype.items())),
             "sparse_tensors": sum(1 for st in used if st.sparse_bytes is not None),
         }
+
+
+def narrower(a: str | None, b: str | None) -> bool:
+    """True when precision a is strictly narrower than b (int4 < int8 < fp16 < fp32)."""
+    if a is None or b is None:
+        return False
+    return _PRECISION_RANK.get(a, 3) < _PRECISION_RANK.get(b, 3)
 
 
 def wider(a: str | None, b: str | None) -> str | None:
