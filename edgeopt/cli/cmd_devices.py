@@ -25,6 +25,9 @@ def device_doc(device: Device) -> dict:
         "channel_alignment": device.channel_alignment,
         "alignment": device.alignment,
         "fuses": list(device.fuses),
+        "weight_decode": {"mode": device.weight_decode.mode, "runtime_ops": list(device.weight_decode.runtime_ops),
+                          "slowdown": device.weight_decode.slowdown, "layer_us": device.weight_decode.layer_us,
+                          "mark": device.weight_decode.mark, "source": device.weight_decode.source},
         "calibrated": device.calibrated,
         "notes": device.notes,
         "figures": {key: {"value": fig.value, "assume": fig.assume, "mark": fig.mark, "source": fig.source,
@@ -39,6 +42,14 @@ def _peak_text(device: Device) -> str:
         if fig is not None and fig.effective is not None:
             parts.append(f"{p} {fig.effective:g}")
     return ", ".join(parts)
+
+
+def _decode_text(device: Device) -> str:
+    wd = device.weight_decode
+    if wd.mode != "runtime":
+        return wd.mode
+    slow = ", ".join(f"{k} x{v:g}" for k, v in wd.slowdown.items())
+    return f"runtime ({', '.join(wd.runtime_ops)}: {slow}, +{wd.layer_us:g} us/layer)"
 
 
 def _clip(text: str, limit: int | None) -> str:
@@ -81,6 +92,8 @@ def command(name, fmt):
         {"figure": "channel_alignment", "value": str(device.channel_alignment), "mark": "",
          "source": ", ".join(f"{k} x{v}" for k, v in device.alignment.items())},
         {"figure": "fuses", "value": ", ".join(device.fuses) or "-", "mark": "", "source": ""},
+        {"figure": "weight_decode", "value": _decode_text(device), "mark": device.weight_decode.mark or "",
+         "source": _clip(device.weight_decode.source or "low-bit weights compute in their own precision", limit)},
     ]
     footer = [device.notes] if device.notes else []
     if device.name == "host":
