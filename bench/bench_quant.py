@@ -29,7 +29,7 @@ from edgeopt.passes import PassContext, get_pass  # noqa: E402
 from edgeopt.profile import profile_model  # noqa: E402
 from edgeopt.quant.timing import interleaved_latency  # noqa: E402
 from edgeopt.verify.fidelity import accuracy, compare  # noqa: E402
-from edgeopt.verify.runtime import make_session, run_batched  # noqa: E402
+from edgeopt.verify.runtime import make_session  # noqa: E402
 
 SAMPLES = ROOT / "sample_models"
 DIGITS = ("mobilenet_digits", "resnet_digits", "vgg_digits", "resnet_digits_opset11", "mobilenet_digits_constants")
@@ -70,7 +70,7 @@ def bench_digits(names: list[str]) -> list[dict]:
             print(f"skip {stem}: {path} not found", file=sys.stderr)
             continue
         base = load_model(path)
-        ref = run_batched(make_session(base), base, test)
+        ref = make_session(base).run(None, test)
         base_acc = accuracy(ref, labels)
         ctx = PassContext(data=calib, labels=calib_labels, input_shapes={"input": [1, 1, 32, 32]})
         for label, pass_name, params in CONFIGS:
@@ -81,11 +81,13 @@ def bench_digits(names: list[str]) -> list[dict]:
                 result = apply(pass_name, params, base, ctx)
                 model, summary = result.model, result.summary
             seconds = time.perf_counter() - started
-            out = run_batched(make_session(model), model, test)
-            lat_fp, lat = interleaved_latency([base, model], {"input": test["input"][:1]}, rounds=5,
-                                              seconds_per_round=0.2)
+            out = make_session(model).run(None, test)
+            one = {"input": test["input"][:1]}
+            lat_fp, lat = interleaved_latency([base, model], one, rounds=5, seconds_per_round=0.2)
+            p10_fp, p10 = interleaved_latency([base, model], one, rounds=5, seconds_per_round=0.2, quantile=0.1)
             row = {"model": stem, "config": label, "weight_bytes": profile_model(model).totals["weight_bytes"],
                    "file_bytes": len(model.SerializeToString()), "latency_ms": lat, "latency_fp32_ms": lat_fp,
+                   "p10_ratio": p10_fp / p10,
                    "cosine": compare(ref, out)["cosine"], "accuracy": accuracy(out, labels),
                    "accuracy_fp32": base_acc, "seconds": seconds, "summary": summary}
             rows.append(row)
@@ -129,16 +131,17 @@ def write_results(digits: list[dict], r50: list[dict], argv: list[str]) -> str:
              "Digits models: calibration on digits_calib.npz, accuracy and cosine (vs fp32 logits) on "
              "digits_test.npz. Weight bytes: the profiler's stored bytes (int4 packed = n/2, decode "
              "subgraphs counted as storage). Latency: onnxruntime CPU, batch 1, median of interleaved "
-             "rounds against the fp32 model measured in the same rounds (ratio = fp32 / this).", "",
-             "| model | pass | weight bytes | x fewer | file bytes | latency ms | fp32 ms | speed-up | cosine "
-             "| accuracy | drop (points) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "rounds against the fp32 model measured in the same rounds (speed-up = fp32 / this; "p10": the same "
+             "ratio of 10th percentiles, a second interleaved series, steadier on a shared machine).", "",
+             "| model | pass | weight bytes | x fewer | file bytes | latency ms | fp32 ms | speed-up | speed-up p10 "
+             "| cosine | accuracy | drop (points) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base_wb = {r["model"]: r["weight_bytes"] for r in digits if r["config"] == "fp32"}
     for r in digits:
         drop = (r["accuracy_fp32"] - r["accuracy"]) * 100
         lines.append(f"| {r['model']} | {r['config']} | {r['weight_bytes']:,} | "
                      f"{base_wb[r['model']] / r['weight_bytes']:.2f} | {r['file_bytes']:,} | {r['latency_ms']:.3f} | "
-                     f"{r['latency_fp32_ms']:.3f} | {r['latency_fp32_ms'] / r['latency_ms']:.2f} | "
+                     f"{r['latency_fp32_ms']:.3f} | {r['latency_fp32_ms'] / r['latency_ms']:.2f} | {r['p10_ratio']:.2f} | "
                      f"{r['cosine']:.5f} | {r['accuracy'] * 100:.2f} | {drop:+.2f} |")
     if r50:
         lines += ["", "Builder ResNet-50 (random weights, BN unfolded, calibrated on 32 seeded random inputs; "

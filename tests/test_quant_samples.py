@@ -14,7 +14,7 @@ import pytest
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.profile import profile_model
 from edgeopt.verify.fidelity import accuracy
-from edgeopt.verify.runtime import make_session, run_batched
+from edgeopt.verify.runtime import make_session
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 MODELS = ["mobilenet_digits", "resnet_digits", "vgg_digits"]
@@ -54,7 +54,7 @@ def _model(stem):
 
 def _acc(model, data):
     feeds, labels = data
-    return accuracy(run_batched(make_session(model), model, feeds), labels)
+    return accuracy(make_session(model).run(None, feeds), labels)
 
 
 def _apply(name, model, ctx, **params):

@@ -118,15 +118,16 @@ def test_auto_latency_decisions(monkeypatch):
     import edgeopt.passes.quantize_static as qs
 
     model = toy_model()
-    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds: [1.0, 2.0])
+    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds, **kw: [1.0, 2.0])
     slower = apply(model, mode="auto")
     assert not slower.modified and slower.model is model
     assert "int8 is not faster on this host: fp32 1.000 ms vs int8 2.000 ms" in slower.summary
-    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds: [2.0, 1.0])
+    assert "needs a 3% gain" in slower.summary
+    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds, **kw: [2.0, 1.0])
     faster = apply(model, mode="auto")
     assert faster.modified and "host latency 2.000 -> 1.000 ms" in faster.summary
     calls = iter([[1.0, 1.5], [1.0, 0.5]])  # all ops: slower; only Conv/Gemm/MatMul: faster
-    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds: next(calls))
+    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds, **kw: next(calls))
     heavy = apply(model, mode="auto")
     assert heavy.modified and any("only Conv/Gemm/MatMul" in n.reason for n in heavy.notes)
 
