@@ -153,6 +153,7 @@ class Device:
     notes: str = ""
     cores: Figure = field(default_factory=Figure)
     weight_decode: WeightDecode = field(default_factory=WeightDecode)
+    class_overhead_us: dict = field(default_factory=dict)  # op class -> extra fixed µs per layer
     calibrated: bool = False
     calibration: dict = field(default_factory=dict)
 
@@ -212,6 +213,10 @@ class Device:
     def overhead_s(self) -> float:
         value = self.layer_overhead_us.effective
         return 0.0 if value is None else float(value) * 1e-6
+
+    def layer_overhead_s(self, op_class: str) -> float:
+        """Fixed time per executed layer: generic dispatch plus the op class's own set-up."""
+        return self.overhead_s + float(self.class_overhead_us.get(op_class, 0.0)) * 1e-6
 
     @property
     def run_overhead_s(self) -> float:
@@ -543,6 +548,8 @@ def apply_host_calibration(device: Device, path: Path | None = None) -> Device:
         value = data.get(key)
         if isinstance(value, (int, float)) and value >= 0:
             overheads[key] = Figure(float(value), source=source, mark="C")
+    class_overhead = {k: float(v) for k, v in (data.get("class_overhead_us") or {}).items()
+                      if k in OP_CLASSES and isinstance(v, (int, float)) and v >= 0}
     return dataclasses.replace(device, efficiency=efficiency, dram_gbps=dram, peak_gops=peak, calibrated=True,
-                               calibration=data, weight_decode=decode,
+                               calibration=data, weight_decode=decode, class_overhead_us=class_overhead,
                                **overheads)

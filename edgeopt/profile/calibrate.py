@@ -8,7 +8,9 @@ chain of tiny nodes gives the per-node dispatch cost. Then, per op class,
 
     efficiency = sum(ops / peak) / sum(measured - fixed costs - memory time)
 
-(a time-weighted fit, which is what a summed network latency needs), and
+(a time-weighted fit, which is what a summed network latency needs); small
+layers of each class then give its fixed cost per layer (set-up beyond the
+generic node dispatch); and
 DRAM bandwidth = bytes / time of an Add too large for the caches. The int8
 peak is the fp32 peak times the measured speed-up of static-QDQ int8 convs
 over the same fp32 convs. The weight-decode slow-downs compare each conv /
@@ -195,6 +197,25 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
             spent += max(kernel - mem_s, 1e-7)
         efficiency[op_class] = round(min(max(ideal / spent, 1e-4), 1.0), 5)
 
+    # fixed cost per layer of each class beyond the generic node dispatch: small layers, where
+    # the kernel's set-up (buffers, packing the input) costs more than its arithmetic
+    small = {
+        "conv": [conv_model(8, 8, 8, 1, rng), conv_model(16, 16, 8, 1, rng), conv_model(32, 32, 8, 1, rng)],
+        "depthwise": [conv_model(32, 32, 8, 32, rng), conv_model(64, 64, 8, 64, rng),
+                      conv_model(128, 128, 4, 128, rng)],
+        "gemm": [gemm_model(64, 10, 1, rng), gemm_model(128, 64, 1, rng), gemm_model(256, 32, 1, rng)],
+        "elementwise": [add_model(1024), add_model(4096), add_model(16384)],
+    }
+    class_overhead = {}
+    for op_class, models in small.items():
+        say(f"calibrate: {op_class}, small layers")
+        extra = []
+        for model, ops, _ in models:
+            measured = _time(model, rng, budget_s)
+            samples.append(Sample(op_class, _label(model) + " (small)", ops, 0, measured))
+            extra.append(measured * 1e-3 - fixed_s - ops / (peak * efficiency[op_class]))
+        class_overhead[op_class] = round(max(float(np.median(extra)) * 1e6, 0.0), 3)
+
     say("calibrate: weights decoded by DequantizeLinear on every run (weight-only int8)")
     slowdown = {}
     for op_class in ("conv", "depthwise", "gemm"):
@@ -228,6 +249,7 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
         "efficiency": efficiency,
         "dram_gbps": round(dram_gbps, 3),
         "layer_overhead_us": round(node_us, 3),
+        "class_overhead_us": class_overhead,
         "run_overhead_us": round(run_us, 3),
         "samples": [{"class": s.op_class, "what": s.label, "ops": s.ops, "bytes": s.bytes,
                      "measured_ms": round(s.measured_ms, 5)} for s in samples],

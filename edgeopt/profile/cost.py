@@ -120,7 +120,7 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
     if compute_s is None or memory_s is None:
         return LayerCost(p, weight_bytes, compute_s, memory_s, None, dram_bytes, working_set, fits_known,
                          None, None, None)
-    latency = max(compute_s, memory_s) + device.overhead_s + extra_s
+    latency = max(compute_s, memory_s) + device.layer_overhead_s(cls) + extra_s
     bound = "compute" if compute_s >= memory_s else "memory"
 
     energy = None
