@@ -31,7 +31,7 @@ def run_batched(session: ort.InferenceSession, model: onnx.ModelProto,
     step = _static_batch(model) or chunk
     if batch <= step and _static_batch(model) in (None, batch):
         return session.run(None, feeds)
-    if batch % step:
+    if _static_batch(model) and batch % step:  # a free batch dim takes a shorter last chunk
         raise ValueError(f"the model's batch is fixed at {step} but the data has {batch} samples")
     parts = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, batch, step)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
