@@ -181,7 +181,7 @@ def write_results(rows, cli, host, out: Path, quantized=()) -> None:
         f"Host profile: {'calibrated ' + host.calibration.get('date', '') if host.calibrated else 'NOT calibrated'}"
         f" (efficiency {', '.join(f'{k} {v.effective:.3g}' for k, v in host.efficiency.items())};"
         f" layer overhead {host.layer_overhead_us.effective} us, run overhead {host.run_overhead_us.effective} us).",
-        f"Command: `.venv/bin/python bench/bench_profile.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
+        "Command: `" + " ".join([".venv/bin/python bench/bench_profile.py", *sys.argv[1:]]) + "`"
         + f" (onnxruntime {onnxruntime.__version__}; host calibrated first with `edgeopt calibrate host`).",
         "",
         "MACs: ours counts Conv / ConvTranspose / Gemm / MatMul multiply-accumulates plus their bias adds, as",

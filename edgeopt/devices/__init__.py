@@ -528,7 +528,7 @@ def apply_host_calibration(device: Device, path: Path | None = None) -> Device:
     measured_peak = data.get("peak_gops_fp32")
     if isinstance(measured_peak, (int, float)) and measured_peak > 0:
         peak["fp32"] = Figure(float(measured_peak), mark="C",
-                              source=source + ": large GEMM throughput, above the static figure")
+                              source=source + ": best measured GEMM / conv throughput, above the static figure")
     fp32 = peak["fp32"].effective if peak.get("fp32") else None
     speedup = data.get("int8_speedup")
     if "int8" in peak and fp32 and isinstance(speedup, (int, float)) and speedup > 0:

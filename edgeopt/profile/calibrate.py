@@ -16,8 +16,9 @@ peak is the fp32 peak times the measured speed-up of static-QDQ int8 convs
 over the same fp32 convs. The weight-decode slow-downs compare each conv /
 depthwise / gemm micro-benchmark with its weight stored int8 and decoded by
 DequantizeLinear (weight-only quantization) against the float original. The fp32
-peak is the static figure, or the throughput of a large GEMM measured here
-when that is higher (turbo clocks beat the base clock the static figure uses). The result
+peak is the static figure, or the best throughput measured here (a large
+GEMM or a dense conv) when that is higher (turbo clocks beat the base clock
+the static figure assumes). The result
 goes to $EDGEOPT_CACHE_DIR/host.yaml (default ~/.cache/edgeopt/host.yaml),
 which `load_device("host")` overlays on the static host profile.
 """
@@ -184,17 +185,22 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
     samples: list[Sample] = []
     efficiency = {}
     fixed_s = (run_us + node_us) * 1e-6
+    timed = {}
     for op_class, models in benches.items():
         say(f"calibrate: {op_class}")
-        ideal, spent = 0.0, 0.0
+        timed[op_class] = []
         for model, ops, nbytes in models:
             measured = _time(model, rng, budget_s)
             samples.append(Sample(op_class, _label(model), ops, nbytes, measured))
-            kernel = measured * 1e-3 - fixed_s
             weights = sum(math.prod(i.dims) * 4 for i in model.graph.initializer)
             mem_s = weights / (dram_gbps * 1e9) if weights > (base.onchip_capacity or 0) else 0.0
-            ideal += ops / peak
-            spent += max(kernel - mem_s, 1e-7)
+            timed[op_class].append((ops, max(measured * 1e-3 - fixed_s - mem_s, 1e-7)))
+    best_conv = max(ops / seconds for ops, seconds in timed["conv"])
+    if best_conv > peak:  # a dense conv beat the assumed peak: the clock runs above the base figure
+        peak = measured_peak = best_conv
+    for op_class, pairs in timed.items():
+        ideal = sum(ops for ops, _ in pairs) / peak
+        spent = sum(seconds for _, seconds in pairs)
         efficiency[op_class] = round(min(max(ideal / spent, 1e-4), 1.0), 5)
 
     # fixed cost per layer of each class beyond the generic node dispatch: small layers, where
