@@ -72,31 +72,22 @@ class FoldBatchnorm(Pass):
                 notes.append(NodeNote(label, bn.op_type, "skipped", reason))
                 counts["skipped"] += 1
                 continue
-            x = bn.inputs[0]
-            producer = x.producer()
-            why_not = _fold(graph, bn, producer, stats, params, version, ranks)
-            if why_not is None:
-                kind = producer.op_type
-                notes.append(NodeNote(label, bn.op_type, "folded", f"into {kind} {producer.name or ''}".rstrip(),
-                                      {"channels": int(stats.scale.size)}))
+            outcome = _fold(graph, bn, stats, params, version, ranks)
+            figures = {"channels": int(stats.scale.size)}
+            if outcome.kind == "folded":
+                notes.append(NodeNote(label, bn.op_type, "folded", outcome.reason, figures))
                 counts["folded"] += 1
                 continue
-            if why_not.startswith("copy:"):
-                notes.append(NodeNote(label, bn.op_type, "folded", why_not[5:], {"channels": int(stats.scale.size)}))
-                counts["folded"] += 1
-                continue
-            if not params.decompose_unfoldable or (why_not.startswith("shared:") and params.when_shared == "skip"):
-                notes.append(NodeNote(label, bn.op_type, "skipped", why_not.removeprefix("shared:")))
+            if not params.decompose_unfoldable or (outcome.kind == "shared" and params.when_shared == "skip"):
+                notes.append(NodeNote(label, bn.op_type, "skipped", outcome.reason))
                 counts["skipped"] += 1
                 continue
             problem = _decompose(graph, bn, stats, ranks)
             if problem:
-                notes.append(NodeNote(label, bn.op_type, "skipped", f"{why_not.removeprefix('shared:')}; {problem}"))
+                notes.append(NodeNote(label, bn.op_type, "skipped", f"{outcome.reason}; {problem}"))
                 counts["skipped"] += 1
             else:
-                notes.append(NodeNote(label, bn.op_type, "decomposed",
-                                      f"became Mul+Add: {why_not.removeprefix('shared:')}",
-                                      {"channels": int(stats.scale.size)}))
+                notes.append(NodeNote(label, bn.op_type, "decomposed", f"became Mul+Add: {outcome.reason}", figures))
                 counts["decomposed"] += 1
         modified = counts["folded"] + counts["decomposed"] > 0
         out = to_proto(ir_model) if modified else model
@@ -135,34 +126,41 @@ def _bn_stats(bn: ir.Node) -> tuple[_Stats | None, str]:
     return _Stats(scale=scale, shift=beta - mean * scale), ""
 
 
-def _fold(graph: ir.Graph, bn: ir.Node, producer: ir.Node | None, stats: _Stats, params: Params,
-          version: int, ranks: RankLookup) -> str | None:
-    """Fold into the producer and return None, or return why not ("shared:..." if only sharing stops it)."""
+@dataclass
+class _Outcome:
+    kind: Literal["folded", "shared", "unfoldable"]  # shared: only another reader of the producer stops it
+    reason: str
+
+
+def _fold(graph: ir.Graph, bn: ir.Node, stats: _Stats, params: Params, version: int,
+          ranks: RankLookup) -> _Outcome:
+    """Fold the BN into the node producing its input, or say why not."""
+    producer = bn.inputs[0].producer()
     if producer is None:
-        return "its input is a graph input" if bn.inputs[0].is_graph_input() else "its input is a constant"
-    kind = producer.op_type
+        where = "a graph input" if bn.inputs[0].is_graph_input() else "a constant"
+        return _Outcome("unfoldable", f"its input is {where}")
+    kind, label = producer.op_type, f"{producer.op_type} {producer.name}".rstrip()
     if kind not in FOLD_INTO or producer.domain not in ("", "ai.onnx"):
-        return f"its producer {kind} {producer.name or ''} is not a Conv, ConvTranspose, Gemm or MatMul".replace("  ", " ")
+        return _Outcome("unfoldable", f"its producer {label} is not a Conv, ConvTranspose, Gemm or MatMul")
     plan = {"Conv": _plan_conv, "ConvTranspose": _plan_conv_transpose, "Gemm": _plan_gemm,
             "MatMul": _plan_matmul}[kind](producer, stats, version, ranks)
     if isinstance(plan, str):
-        return plan
+        return _Outcome("unfoldable", plan)
     y = producer.outputs[0]
-    readers = [u.node for u in y.uses()]
-    shared = y.is_graph_output() or any(r is not bn for r in readers)
-    if shared:
-        why = (f"the {kind} output {y.name!r} is also read by "
-               + ("the graph output" if y.is_graph_output() and all(r is bn for r in readers)
-                  else ", ".join(sorted({r.name or r.op_type for r in readers if r is not bn})) or "the graph output"))
+    others = sorted({u.node.name or u.node.op_type for u in y.uses() if u.node is not bn})
+    if y.is_graph_output():
+        others.append("the graph output")
+    target = producer
+    if others:
+        why = f"the {kind} output {y.name!r} is also read by {', '.join(others)}"
         if params.when_shared != "copy":
-            return "shared:" + why
+            return _Outcome("shared", why)
         target = _copy_node(graph, producer)
-        _apply_plan(graph, target, plan)
-        _replace_bn(graph, bn, target.outputs[0] if plan.get("add") is None else plan["add_out"])
-        return f"copy:into a copy of {kind} {producer.name or ''} ({why})"
-    _apply_plan(graph, producer, plan)
-    _replace_bn(graph, bn, producer.outputs[0] if plan.get("add") is None else plan["add_out"])
-    return None
+    _apply_plan(graph, target, plan)
+    _replace_bn(graph, bn, plan["add_out"] if "add" in plan else target.outputs[0])
+    if target is producer:
+        return _Outcome("folded", f"into {label}")
+    return _Outcome("folded", f"into a copy of {label} ({why})")
 
 
 def _weight(node: ir.Node) -> tuple[np.ndarray | None, str]:
