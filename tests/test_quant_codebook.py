@@ -23,7 +23,7 @@ def apply(model, name="quantize_codebook", **params):
 def test_per_tensor_4bit_structure_and_numbers():
     model = toy_model()
     ref = run(model)
-    result = apply(model, bits=4, min_elements=0)
+    result = apply(model, bits=4, granularity="per_tensor", min_elements=0)
     out = result.model
     onnx.checker.check_model(out, full_check=True)
     ops = [n.op_type for n in out.graph.node]
@@ -41,7 +41,7 @@ def test_per_tensor_4bit_structure_and_numbers():
 
 def test_decode_in_onnxruntime_equals_numpy_kmeans():
     model = toy_model()
-    out = apply(model, bits=3, min_elements=0).model
+    out = apply(model, bits=3, granularity="per_tensor", min_elements=0).model
     w3 = numpy_helper.to_array(initializer(model, "W3"))
     centroids, idx = kmeans_1d(w3, 8)
     gather = next(n for n in out.graph.node if n.op_type == "Gather" and n.input[0].startswith("W3"))
@@ -66,14 +66,14 @@ def test_per_channel_uses_gather_elements_on_the_channel_axis():
         node = next(n for n in out.graph.node if n.op_type == "GatherElements" and n.input[0] == f"{w}_codebook")
         decoded[w] = node
     assert decoded["M"].attribute[0].i == 0 and decoded["W1"].attribute[0].i == 1
-    per_tensor = apply(model, bits=4, min_elements=0).model
+    per_tensor = apply(model, bits=4, granularity="per_tensor", min_elements=0).model
     # per-channel codebooks follow each channel: closer to float than one codebook per tensor
     assert np.abs(run(out) - ref).max() < np.abs(run(per_tensor) - ref).max()
 
 
 def test_eight_bit_indices_are_uint8_without_opset_21():
     model = toy_model(opset=13)
-    out = apply(model, bits=6, min_elements=0).model
+    out = apply(model, bits=6, granularity="per_tensor", min_elements=0).model
     assert out.opset_import[0].version == 13
     assert initializer(out, "W1_indices").data_type == onnx.TensorProto.UINT8
     assert np.abs(run(out) - run(model)).max() < 0.05 * np.abs(run(model)).max()
@@ -81,7 +81,7 @@ def test_eight_bit_indices_are_uint8_without_opset_21():
 
 def test_codebook_beats_uniform_at_the_same_bits_per_tensor():
     model = toy_model(seed=3)
-    cb = apply(model, bits=4, min_elements=0)
+    cb = apply(model, bits=4, granularity="per_tensor", min_elements=0)
     uni = apply(model, "quantize_weights", bits=4, granularity="per_tensor", symmetric=False, min_elements=0)
     cb_err = {n.reason.split()[1]: n.figures["rel_rmse"] for n in cb.notes if n.action == "clustered"}
     uni_err = {n.reason.split()[1]: n.figures["rel_rmse"] for n in uni.notes if n.action == "quantized"}

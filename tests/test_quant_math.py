@@ -146,3 +146,11 @@ def test_kmeans_beats_uniform_levels_at_same_bits():
 def test_kmeans_fewer_distinct_values_than_centroids():
     c, idx = kmeans_1d(np.array([0.5, 0.5, -1.0]), 16)
     assert c.shape == (16,) and np.array_equal(c[idx], np.array([0.5, 0.5, -1.0], np.float32))
+
+
+def test_kmeans_pin_zero_keeps_an_exact_zero_level():
+    x = np.random.default_rng(6).standard_normal(3000) + 0.37
+    c, idx = kmeans_1d(x, 16, pin_zero=True)
+    assert 0.0 in c.tolist()
+    free, _ = kmeans_1d(x, 16)
+    assert 0.0 not in free.tolist()

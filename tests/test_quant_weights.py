@@ -101,7 +101,8 @@ def test_decoded_weights_match_numpy_math():
     """onnxruntime's DequantizeLinear reproduces edgeopt.quant.dequantize exactly."""
     from edgeopt.quant import compute_qparams, dequantize, quantize
     model = toy_model()
-    out = apply(model, bits=4, granularity="block", block_size=16, symmetric=False, min_elements=0).model
+    out = apply(model, bits=4, granularity="block", block_size=16, symmetric=False, clip="minmax",
+                min_elements=0).model
     probe = onnx.ModelProto()
     probe.CopyFrom(out)
     reshape = next(n for n in out.graph.node if n.op_type == "Reshape" and n.output[0] in
@@ -260,3 +261,21 @@ def test_cast_mul_decode_equals_dequantize_linear(params):
             np.testing.assert_allclose(decoded["cast_mul"][node], decoded["dequantize_linear"][node], rtol=1e-3)
         else:
             np.testing.assert_array_equal(decoded["cast_mul"][node], decoded["dequantize_linear"][node])
+
+
+def test_quantize_biases_and_auto_clip():
+    model = toy_model()
+    ref = run(model)
+    result = apply(model, bits=8, min_elements=0, quantize_biases=True)
+    types = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert types["b1_quantized"] == types["gb_quantized"] == onnx.TensorProto.INT8
+    assert "b1" not in types and "and 2 biases to int8" in result.summary
+    assert np.abs(run(result.model) - ref).max() < 0.02 * np.abs(ref).max()
+    # auto clip: mse for 4 bits (smaller weight error than minmax), minmax for 8
+    auto4 = {n.reason: n.figures["rel_rmse"] for n in apply(model, bits=4, min_elements=0).notes if n.figures}
+    mm4 = {n.reason: n.figures["rel_rmse"] for n in apply(model, bits=4, clip="minmax", min_elements=0).notes
+           if n.figures}
+    assert all(auto4[k] <= mm4[k] for k in auto4) and sum(auto4.values()) < sum(mm4.values())
+    auto8 = [n.figures for n in apply(model, bits=8, min_elements=0).notes if n.figures]
+    mm8 = [n.figures for n in apply(model, bits=8, clip="minmax", min_elements=0).notes if n.figures]
+    assert auto8 == mm8

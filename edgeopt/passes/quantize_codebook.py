@@ -13,6 +13,7 @@ from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, regis
 from edgeopt.quant.decode import codebook_subgraph
 from edgeopt.quant.kmeans import kmeans_1d
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
+from edgeopt.quant.prepare import fold_batchnorm_first
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
@@ -28,9 +29,15 @@ def cluster_slot(slot: WeightSlot, bits: int, granularity: str, iters: int):
         others = tuple(i for i in range(w.ndim) if i != axis)
         view = [1] * w.ndim
         view[axis] = w.shape[axis]
-        scale = np.max(np.abs(w), axis=others).reshape(view).astype(np.float32)
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        codebook, indices = kmeans_1d(w / scale, k, iters)
+        absmax = np.max(np.abs(w), axis=others).reshape(view).astype(np.float64)
+        absmax = np.where(absmax > 0, absmax, 1.0)
+        # One codebook over the channel-normalised values, with a centroid pinned at 0 (shared
+        # levels that miss 0 shift whole channels), then each channel's scale refitted by least squares.
+        codebook, indices = kmeans_1d(w / absmax, k, iters, pin_zero=True)
+        unit = codebook[indices].astype(np.float64)
+        num = np.sum(unit * w, axis=others).reshape(view)
+        den = np.sum(unit * unit, axis=others).reshape(view)
+        scale = np.where(den > 0, num / np.maximum(den, 1e-30), absmax).astype(np.float32)
         return indices, codebook, None, scale, (codebook[indices] * scale).astype(np.float32)
     if granularity == "per_channel" and w.ndim >= 2:
         if slot.channel_axis == w.ndim - 1 and w.ndim == 2:
@@ -70,9 +77,12 @@ class QuantizeCodebook(Pass):
     class Params:
         bits: int = param(4, "index bits: 2^bits centroids (<= 4 stored packed as UINT4, else uint8)", ge=1, le=8)
         granularity: Literal["per_tensor", "channel_scaled", "per_channel"] = param(
-            "per_tensor", "one codebook per tensor; one per tensor over values divided by a per-output-channel "
+            "channel_scaled", "one codebook per tensor; one per tensor over values divided by a per-output-channel "
                           "scale (decoded by a Mul); or one codebook per output channel")
         iters: int = param(60, "k-means (Lloyd) iterations at most", ge=1, le=1000)
+        fold_batchnorm: bool = param(
+            True, "fold BatchNormalization into the weights first (lossless), so BN parameters do not stay "
+                  "float and the folded weights are the ones rounded")
         min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
         op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
                                     help="operators whose weights are clustered")
@@ -90,6 +100,9 @@ class QuantizeCodebook(Pass):
         except OpsetUpgradeError as exc:
             return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
                               summary=f"left unchanged: {exc}")
+        fold_note = ""
+        if params.fold_batchnorm:
+            work, fold_note = fold_batchnorm_first(work, ctx)
         graph_model = to_ir(work)
         graph = graph_model.graph
         slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
@@ -129,4 +142,6 @@ class QuantizeCodebook(Pass):
                    f"{n_bias} biases ({fmt_bytes(bias_bytes)}) and {small} small weights stay float")
         if upgrade_note:
             summary += f"; {upgrade_note}"
+        if fold_note:
+            summary += f"; {fold_note}"
         return PassResult(result, True, notes, summary=summary)

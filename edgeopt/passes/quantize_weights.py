@@ -13,10 +13,11 @@ from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, regis
 from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
+from edgeopt.quant.prepare import fold_batchnorm_first
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
-from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_weights, float_bias_bytes
+from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_biases, find_weights, float_bias_bytes
 
 
 def required_opset(bits: int, granularity: str, scale_dtype: str, decode: str = "dequantize_linear") -> int:
@@ -72,8 +73,9 @@ class QuantizeWeights(Pass):
         granularity: Literal["per_tensor", "per_channel", "block"] = param(
             "per_channel", "one scale per tensor, per output channel, or per block of block_size values")
         block_size: int = param(32, "values per scale along the reduction axis (granularity: block)", ge=2)
-        clip: Literal["minmax", "mse"] = param(
-            "minmax", "range per scale: the full min/max, or the clipped range with the least squared error")
+        clip: Literal["auto", "minmax", "mse"] = param(
+            "auto", "range per scale: the full min/max, or the clipped range with the least squared error; "
+                    "auto: mse for 4 bits (outliers waste most of 15 levels), minmax for 8")
         scale_dtype: Literal["float32", "float16"] = param(
             "float32", "storage type of the scales (float16 halves their bytes, opset 19; decoded by a Cast)")
         decode: Literal["dequantize_linear", "cast_mul"] = param(
@@ -81,6 +83,11 @@ class QuantizeWeights(Pass):
             "dequantize_linear: the standard form int8/int4-aware runtimes keep compressed in memory "
             "(onnxruntime's CPU decodes it on every run: slower on this host); cast_mul: Cast and Mul of "
             "constants, which onnxruntime folds at load (fp32 speed here; only the file shrinks)")
+        quantize_biases: bool = param(
+            False, "biases too, as int8 with one scale per tensor (by default they stay float32)")
+        fold_batchnorm: bool = param(
+            True, "fold BatchNormalization into the weights first (lossless), so BN parameters do not stay "
+                  "float and the folded weights are the ones rounded")
         min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
         op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
                                     help="operators whose weights are quantized")
@@ -98,18 +105,22 @@ class QuantizeWeights(Pass):
         except OpsetUpgradeError as exc:
             return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
                               summary=f"left unchanged: {exc}")
+        fold_note = ""
+        if params.fold_batchnorm:
+            work, fold_note = fold_batchnorm_first(work, ctx)
         graph_model = to_ir(work)
         graph = graph_model.graph
         slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
         scale_dtype = np.float16 if params.scale_dtype == "float16" else np.float32
+        clip = params.clip if params.clip != "auto" else ("mse" if params.bits <= 4 else "minmax")
+        build = cast_mul_subgraph if params.decode == "cast_mul" else dequantize_subgraph
         before = after = 0
         for slot in slots:
             q, qp, decoded = quantize_slot(slot, params.bits, params.symmetric, params.granularity,
-                                           params.block_size, params.clip, scale_dtype)
+                                           params.block_size, clip, scale_dtype)
             if scale_dtype is np.float16 and not np.all(np.isfinite(np.asarray(qp.scale, np.float32))):
                 q, qp, decoded = quantize_slot(slot, params.bits, params.symmetric, params.granularity,
-                                               params.block_size, params.clip, np.float32)
-            build = cast_mul_subgraph if params.decode == "cast_mul" else dequantize_subgraph
+                                               params.block_size, clip, np.float32)
             out, nbytes = build(graph, slot.name, q, qp, slot.array.shape)
             slot.value.replace_all_uses_with(out)
             if slot.name in graph.initializers:
@@ -128,6 +139,24 @@ class QuantizeWeights(Pass):
                                       f"{params.granularity}", figures))
         if not slots:
             return PassResult(model, False, notes, summary="no weight to quantize; model unchanged")
+        n_qbias = 0
+        if params.quantize_biases:
+            for value, readers, bias in find_biases(graph, params.op_types, params.exclude):
+                qp = compute_qparams(bias, 8, True)
+                q = quantize(bias, qp)
+                out, nbytes = build(graph, value.name or "bias", q, qp, bias.shape)
+                value.replace_all_uses_with(out)
+                if value.name in graph.initializers:
+                    graph.initializers.pop(value.name)
+                before += bias.nbytes
+                after += nbytes
+                n_qbias += 1
+                err = float(np.max(np.abs(dequantize(q, qp) - bias)))
+                for node in readers:
+                    notes.append(NodeNote(node_label(node), node.op_type, "quantized",
+                                          f"bias {value.name} -> int8 per_tensor",
+                                          {"bytes_before": int(bias.nbytes), "bytes_after": nbytes,
+                                           "max_abs_error": err}))
         result = to_proto(graph_model)
         problem = ort_load_error(result)
         if problem:
@@ -137,9 +166,11 @@ class QuantizeWeights(Pass):
         n_bias, bias_bytes = float_bias_bytes(graph)
         small = sum(1 for n in notes if n.action == "skipped" and "min_elements" in n.reason)
         summary = (f"quantized {len(slots)} weights to {'int' if params.symmetric else 'uint'}{params.bits} "
-                   f"{params.granularity}: {fmt_bytes(before)} -> {fmt_bytes(after)} "
-                   f"({before / max(after, 1):.2f}x); {n_bias} biases ({fmt_bytes(bias_bytes)})"
-                   f" and {small} small weights stay float")
+                   f"{params.granularity}" + (f" and {n_qbias} biases to int8" if n_qbias else "") +
+                   f": {fmt_bytes(before)} -> {fmt_bytes(after)} ({before / max(after, 1):.2f}x); "
+                   f"{n_bias} biases ({fmt_bytes(bias_bytes)}) and {small} small weights stay float")
         if upgrade_note:
             summary += f"; {upgrade_note}"
+        if fold_note:
+            summary += f"; {fold_note}"
         return PassResult(result, True, notes, summary=summary)

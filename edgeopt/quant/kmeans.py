@@ -17,14 +17,24 @@ def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, x)
 
 
-def _lloyd(x: np.ndarray, centroids: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _pin(centroids: np.ndarray) -> np.ndarray:
+    """Move the centroid nearest 0 onto 0 exactly (zero weights stay zero; no systematic offset)."""
+    centroids = centroids.copy()
+    centroids[np.argmin(np.abs(centroids))] = 0.0
+    return np.sort(centroids)
+
+
+def _lloyd(x: np.ndarray, centroids: np.ndarray, iters: int, pin_zero: bool = False
+           ) -> tuple[np.ndarray, np.ndarray, float]:
     k = centroids.size
+    if pin_zero:
+        centroids = _pin(centroids)
     for _ in range(iters):
         labels = _assign(x, centroids)
         counts = np.bincount(labels, minlength=k)
         sums = np.bincount(labels, weights=x, minlength=k)
         new = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        new = np.sort(new)
+        new = _pin(new) if pin_zero else np.sort(new)
         if np.allclose(new, centroids, rtol=0, atol=1e-12):
             centroids = new
             break
@@ -37,12 +47,12 @@ def _lloyd(x: np.ndarray, centroids: np.ndarray, iters: int) -> tuple[np.ndarray
 FIT_SAMPLES = 1 << 16  # centroids are fitted on at most this many values (an even quantile sketch)
 
 
-def kmeans_1d(values: np.ndarray, k: int, iters: int = 60) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(values: np.ndarray, k: int, iters: int = 60, pin_zero: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Cluster values into at most k centroids.
 
     Large tensors are fitted on an evenly spaced sample of their sorted values
     (a quantile sketch: deterministic, and it keeps the extremes), then every
-    value is assigned to its nearest centroid.
+    value is assigned to its nearest centroid. pin_zero keeps one centroid at exactly 0.
 
     Returns (centroids float32 [k], indices int32 in values' shape) with
     values ~= centroids[indices]. Unused centroids (fewer distinct values
@@ -63,7 +73,7 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 60) -> tuple[np.ndarray, 
     starts = [np.linspace(lo, hi, k), np.quantile(fit, (np.arange(k) + 0.5) / k)]
     best = None
     for init in starts:
-        result = _lloyd(fit, np.sort(init), iters)
+        result = _lloyd(fit, np.sort(init), iters, pin_zero)
         if best is None or result[2] < best[2]:
             best = result
     centroids = best[0]

@@ -130,3 +130,26 @@ def float_bias_bytes(graph: ir.Graph) -> tuple[int, int]:
                 count += 1
                 nbytes += int(array.nbytes)
     return count, nbytes
+
+
+def find_biases(graph: ir.Graph, op_types: list[str], exclude: list[str]):
+    """(value, readers, array) of each constant float32 bias of Conv / ConvTranspose / Gemm whose readers
+    are all such nodes (and not excluded)."""
+    seen: dict[int, tuple] = {}
+    for node in graph:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or node.op_type not in op_types:
+            continue
+        if len(node.inputs) < 3 or node.inputs[2] is None or excluded(node_label(node), node.op_type, exclude):
+            continue
+        value = node.inputs[2]
+        array = const_array(value)
+        if array is None or array.dtype != np.float32 or value.is_graph_input() or value.is_graph_output():
+            continue
+        seen.setdefault(id(value), (value, array))
+    out = []
+    for value, array in seen.values():
+        readers = [use.node for use in value.uses()]
+        if all(r.op_type in ("Conv", "ConvTranspose", "Gemm") and len(r.inputs) > 2 and r.inputs[2] is value
+               and not excluded(node_label(r), r.op_type, exclude) for r in readers):
+            out.append((value, readers, array))
+    return out
