@@ -82,12 +82,17 @@ def test_eight_bit_indices_are_uint8_without_opset_21():
 def test_codebook_beats_uniform_at_the_same_bits_per_tensor():
     model = toy_model(seed=3)
     cb = apply(model, bits=4, granularity="per_tensor", min_elements=0)
-    uni = apply(model, "quantize_weights", bits=4, granularity="per_tensor", symmetric=False, min_elements=0)
+    uni = apply(model, "quantize_weights", bits=4, granularity="per_tensor", symmetric=False, clip="minmax",
+                min_elements=0)
+    clipped = apply(model, "quantize_weights", bits=4, granularity="per_tensor", symmetric=False, clip="mse",
+                    min_elements=0)
     cb_err = {n.reason.split()[1]: n.figures["rel_rmse"] for n in cb.notes if n.action == "clustered"}
     uni_err = {n.reason.split()[1]: n.figures["rel_rmse"] for n in uni.notes if n.action == "quantized"}
+    mse_err = {n.reason.split()[1]: n.figures["rel_rmse"] for n in clipped.notes if n.action == "quantized"}
     assert set(cb_err) == set(uni_err) == {"W1", "W2", "W3", "G", "M"}
     for name in cb_err:  # k-means puts the 16 levels where the weights are
         assert cb_err[name] < 0.9 * uni_err[name], name
+        assert cb_err[name] < mse_err[name], name
 
 
 def test_skips_and_unchanged():
