@@ -16,16 +16,18 @@ import numpy as np
 import onnx
 
 from edgeopt import __version__
+from edgeopt.devices import calibration_warning, load_device
 from edgeopt.checks import describe_failure, evaluate_checks
 from edgeopt.errors import CheckFailed, UserError, VerificationError
 from edgeopt.graph.io import load_model, save_model
 from edgeopt.graph.shapes import fix_input_shapes, resolve_input_shapes
 from edgeopt.passes import PassContext, get_pass
+from edgeopt.profile import measure_latency, profile_model
 from edgeopt.recipe.load import Recipe
 from edgeopt.verify.check import ModelInvalid, check_model
 from edgeopt.verify.fidelity import accuracy, compare, output_scale
 from edgeopt.verify.inputs import Inputs, load_data, random_inputs
-from edgeopt.verify.runtime import make_session, run_batched
+from edgeopt.verify.runtime import make_session, ort_message, run_batched
 
 LOSSLESS_TOLERANCE = 1e-4  # max abs error relative to the output scale (DESIGN.md)
 
@@ -49,15 +51,7 @@ class Stage:
     record: dict
 
 
-def load_devices(names: list[str]):
-    from edgeopt.devices import load_device
-
-    return [load_device(name) for name in names]
-
-
 def _profile_record(model: onnx.ModelProto, devices, shapes, session, inputs: Inputs, measure: bool) -> dict:
-    from edgeopt.profile import measure_latency, profile_model
-
     record: dict = {}
     per_device = {}
     for i, device in enumerate(devices or [None]):
@@ -77,24 +71,24 @@ def _profile_record(model: onnx.ModelProto, devices, shapes, session, inputs: In
 
 
 def _verify(model: onnx.ModelProto, label: str, inputs: Inputs):
-    """Checker, ORT load and a run; a failure names `label` and what went wrong."""
+    """Checker, ORT load and a run; a failure names `label` and what went wrong.
+
+    The session has one intra-op thread, as the host profile models, so the
+    same session serves verification and the latency measurement.
+    """
     try:
         check_model(model)
     except ModelInvalid as exc:
         raise VerificationError(f"{label} produced a model that fails the ONNX checker: {exc}") from None
     try:
-        session = make_session(model)
+        session = make_session(model, threads=1)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise VerificationError(f"{label} produced a model that onnxruntime cannot load: {_line(exc)}") from None
+        raise VerificationError(f"{label} produced a model that onnxruntime cannot load: {ort_message(exc)}") from None
     try:
         outputs = run_batched(session, model, inputs.feeds)
     except Exception as exc:
-        raise VerificationError(f"{label} produced a model that fails in onnxruntime: {_line(exc)}") from None
+        raise VerificationError(f"{label} produced a model that fails in onnxruntime: {ort_message(exc)}") from None
     return session, outputs
-
-
-def _line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:400]
 
 
 def _fidelity(prev: Stage, first: Stage, outputs, labels) -> dict:
@@ -120,7 +114,11 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         raise UserError(f"{recipe.path}: no output path; add `output:` to the recipe or pass --output")
     if output.resolve() == recipe.model.resolve():
         raise UserError(f"{output}: the output would overwrite the input model; choose another output path")
-    devices = load_devices(options.devices or recipe.devices)
+    devices = [load_device(name) for name in options.devices or recipe.devices]
+    for device in devices:
+        warning = calibration_warning(device)
+        if warning:
+            log(f"edgeopt: warning: {warning}")
 
     model = load_model(recipe.model)
     try:
@@ -134,10 +132,10 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     inputs = load_data(recipe.data, model) if recipe.data else random_inputs(model, shapes, recipe.seed)
     log(f"[0/{len(recipe.passes)}] input {recipe.model.name}: verifying on {inputs.batch} samples of {inputs.source}")
     try:
-        session = make_session(model)
+        session = make_session(model, threads=1)
         outputs = run_batched(session, model, inputs.feeds)
     except Exception as exc:
-        raise UserError(f"{recipe.model}: onnxruntime cannot run the input model: {_line(exc)}") from None
+        raise UserError(f"{recipe.model}: onnxruntime cannot run the input model: {ort_message(exc)}") from None
     record = {"stage": 0, "pass": "input", "params": {}}
     record.update(_profile_record(model, devices, shapes, session, inputs, options.measure))
     record["fidelity"] = {"cosine": 1.0, "max_abs_error": 0.0, "top1_agreement": 1.0,

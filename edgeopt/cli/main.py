@@ -13,7 +13,18 @@ from edgeopt.errors import EdgeoptError
 
 
 class EdgeoptGroup(click.Group):
-    """Turns EdgeoptError into its exit code and one line on stderr, no traceback."""
+    """Commands load lazily from edgeopt/cli/cmd_<name>.py (startup stays fast); an
+    EdgeoptError becomes its exit code and one line on stderr, no traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        import edgeopt.cli as package
+
+        return sorted(m.name[4:] for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("cmd_"))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.list_commands(ctx):
+            return None
+        return importlib.import_module(f"edgeopt.cli.cmd_{name}").command
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,18 +41,6 @@ class EdgeoptGroup(click.Group):
 @click.version_option(__version__, prog_name="edgeopt")
 def cli() -> None:
     """Make ONNX models smaller and faster for edge devices, and know what they cost there."""
-
-
-def _register_commands() -> None:
-    import edgeopt.cli as package
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name.startswith("cmd_"):
-            module = importlib.import_module(f"edgeopt.cli.{info.name}")
-            cli.add_command(module.command)
-
-
-_register_commands()
 
 
 def main() -> None:

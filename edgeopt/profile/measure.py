@@ -10,7 +10,6 @@ the cores, wall-clock time grows with their load but CPU time does not.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 
@@ -18,26 +17,16 @@ import numpy as np
 import onnx
 
 from edgeopt.errors import UserError
+from edgeopt.verify import runtime
 
 
 def make_session(model: onnx.ModelProto, threads: int | None = 1):
-    """An onnxruntime CPU session (full graph optimizations, as a deployment would use).
-
-    threads=1 (default): one intra-op thread, no spinning, as the host profile models;
-    None: onnxruntime's default thread pool.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    """An onnxruntime CPU session for measuring: one intra-op thread by default, as the host
+    profile models (threads=None: onnxruntime's default pool). UserError if it cannot load."""
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return runtime.make_session(model, threads=threads)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise UserError(f"onnxruntime cannot load the model: {_ort_message(exc)}") from None
+        raise UserError(f"onnxruntime cannot load the model: {runtime.ort_message(exc)}") from None
 
 
 def _single_threaded(session) -> bool:
@@ -45,14 +34,6 @@ def _single_threaded(session) -> bool:
         return session.get_session_options().intra_op_num_threads == 1
     except AttributeError:  # not an onnxruntime session: a stand-in with .run
         return False
-
-
-def _ort_message(exc: Exception) -> str:
-    """The readable part of an onnxruntime error (without its source location and signature)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"/onnxruntime_src/\S+:\d+ \S+?\(.*?\) ", "", text)
-    text = text.replace("[ONNXRuntimeError] : ", "")
-    return text[:300]
 
 
 def random_feeds(session, input_shapes: dict[str, list[int]], seed: int = 0) -> dict[str, np.ndarray]:

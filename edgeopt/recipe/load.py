@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ def _path(value: Any, base: Path, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise UserError(f"{where}: must be a path string, got {value!r}")
     p = Path(value).expanduser()
-    return p if p.is_absolute() else (base / p)
+    return p if p.is_absolute() else Path(os.path.normpath(base / p))
 
 
 def _parse_checks(raw: Any, where: str) -> dict[str, float]:

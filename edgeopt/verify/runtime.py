@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,11 +11,29 @@ import onnxruntime as ort
 from edgeopt.graph.shapes import graph_inputs
 
 
-def make_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """A CPU session for an in-memory model. Raises onnxruntime's own errors; callers word them."""
+def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session for an in-memory model (full graph optimizations, as a deployment would use).
+
+    threads=None: onnxruntime's default thread pool (fast verification runs);
+    threads=1: one intra-op thread without spinning, what the host profile models
+    and what latency is measured with. Raises onnxruntime's own errors; callers
+    word them with `ort_message`.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT warnings would clutter stderr
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def ort_message(exc: Exception) -> str:
+    """The readable part of an onnxruntime error (without its source location and signature)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ \S+?\(.*?\) ", "", text)
+    text = text.replace("[ONNXRuntimeError] : ", "")
+    return text[:300]
 
 
 def _static_batch(model: onnx.ModelProto) -> int | None:
