@@ -15,9 +15,50 @@ def _flatten(stage: dict) -> dict:
     return row
 
 
+def _device_label(device) -> str:
+    if not device:
+        return "none"
+    return ", ".join(device) if isinstance(device, list) else device
+
+
+def _change(before, after) -> str | None:
+    if before in (None, 0) or after is None:
+        return None
+    return f"{(after - before) / before * 100:+.1f} %"
+
+
+def _deltas(doc: dict) -> list[str]:
+    """One line: what the whole recipe changed, input stage -> final stage, per device too."""
+    first, last = doc["stages"][0], doc["stages"][-1]
+    parts = []
+    for key, label in (("macs", "MACs"), ("weight_bytes", "weights"), ("peak_activation_bytes", "peak act."),
+                       ("measured_latency_ms", "host ms")):
+        change = _change(first.get(key), last.get(key))
+        if change:
+            parts.append(f"{label} {change}")
+    for name, est in (last.get("devices") or {}).items():
+        change = _change(((first.get("devices") or {}).get(name) or {}).get("est_latency_ms"), est.get("est_latency_ms"))
+        if change:
+            parts.append(f"{name} est. ms {change}")
+    return ["  input -> output: " + ", ".join(parts)] if parts and len(doc["stages"]) > 1 else []
+
+
+def _extra_device_columns(doc: dict) -> list[Column]:
+    names = list((doc["stages"][0].get("devices") or {}))[1:]
+    return [Column(f"est_latency_ms@{name}", f"{name} ms", fixed(3)) for name in names]
+
+
 def run_tables(doc: dict) -> list[Table]:
+    extra = _extra_device_columns(doc)
+    rows = []
+    for stage in doc["stages"]:
+        row = _flatten(stage)
+        for name, est in (stage.get("devices") or {}).items():
+            row[f"est_latency_ms@{name}"] = est.get("est_latency_ms")
+        rows.append(row)
+    first_device = _device_label(doc.get("device")).split(", ")[0]
     stages = Table(
-        title=f"{doc['model']} -> {doc['output']}  (device: {doc.get('device') or 'none'}, data: {doc.get('data')})",
+        title=f"{doc['model']} -> {doc['output']}  (device: {_device_label(doc.get('device'))}, data: {doc.get('data')})",
         columns=[
             Column("stage", "#"),
             Column("pass", "pass", justify="left"),
@@ -25,16 +66,17 @@ def run_tables(doc: dict) -> list[Table]:
             Column("params_count", "params", count),
             Column("weight_bytes", "weights", nbytes),
             Column("peak_activation_bytes", "peak act.", nbytes),
-            Column("est_latency_ms", "est. ms", fixed(3)),
-            Column("est_energy_mj", "est. mJ", fixed(3)),
+            Column("est_latency_ms", f"{first_device} ms" if first_device != "none" else "est. ms", fixed(3)),
+            Column("est_energy_mj", f"{first_device} mJ" if first_device != "none" else "est. mJ", fixed(3)),
+            *extra,
             Column("measured_latency_ms", "host ms", fixed(3)),
             Column("cosine", "cosine", fixed(6)),
             Column("max_abs_error", "max err", lambda v: "-" if v is None else f"{v:.2e}"),
             Column("top1_agreement", "top-1 agr.", fixed(4)),
             Column("accuracy", "accuracy", fixed(4)),
         ],
-        rows=[_flatten(s) for s in doc["stages"]],
-        footer=[f"  {s['pass']}: {s['summary']}" for s in doc["stages"][1:] if s.get("summary")],
+        rows=rows,
+        footer=[f"  {s['pass']}: {s['summary']}" for s in doc["stages"][1:] if s.get("summary")] + _deltas(doc),
     )
     tables = [stages]
     if doc.get("checks"):
