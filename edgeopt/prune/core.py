@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from onnx_ir.passes.common import IdentityEliminationPass
 
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes.base import NodeNote
@@ -51,6 +52,8 @@ class PruneOutcome:
 def analyze_model(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None):
     """The editable IR of a copy of `model` and its channel groups."""
     ir_model = to_ir(model)
+    # Exporters share equal weights through Identity nodes (a BN bias read via Identity): see through them.
+    IdentityEliminationPass()(ir_model)
     return ir_model, analyze(ir_model, static_shapes(model, input_shapes))
 
 

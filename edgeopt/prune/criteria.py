@@ -107,8 +107,12 @@ def apoz(model: onnx.ModelProto, analysis: GraphAnalysis, groups: list[ChannelGr
     return result
 
 
-def _contributions(consumer, x: np.ndarray, chans: np.ndarray, inner: int, rng, budget: int) -> np.ndarray | None:
-    """Rows: (position, output) pairs of the consumer; columns: what each group channel adds there."""
+def _gram(consumer, x: np.ndarray, chans: np.ndarray, inner: int, rng, rows: int | None = None) -> np.ndarray | None:
+    """Gram matrix of what each group channel adds to the consumer's outputs, over sampled positions.
+
+    Channel c adds z_c = sum_k W[o, c, k] * P[m, c, k] at output (position m, channel o); ThiNet needs
+    G[c, d] = sum_{m, o} z_c z_d = sum_{k, l} (P^T P)[(c,k), (d,l)] * (W^T W)[(c,k), (d,l)], two matmuls.
+    """
     w = const_array(consumer.weight).astype(np.float64)
     if consumer.kind == "conv":
         if x.ndim != 4 or w.ndim != 4:
@@ -116,21 +120,23 @@ def _contributions(consumer, x: np.ndarray, chans: np.ndarray, inner: int, rng, 
         geom = conv_geometry(consumer.node, x.shape[2:], w.shape[2:])
         if geom is None:
             return None
-        o = w.shape[0]
-        count = int(max(16, min(2048, budget // max(1, o * len(chans)))))
-        where = sample_positions(x.shape[0], geom.out_hw, count, rng)
-        p = patches(x, geom, where)[:, chans].astype(np.float64)
-        wg = w[:, chans].reshape(o, len(chans), -1)
-        return np.einsum("mck,ock->moc", p, wg).reshape(-1, len(chans))
-    mat = w if consumer.in_axis == 0 else w.T  # [K, O]
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    rows = min(len(flat), max(16, budget // max(1, mat.shape[1] * len(chans))))
-    if rows < len(flat):
-        flat = flat[np.sort(rng.choice(len(flat), size=rows, replace=False))]
-    idx = (chans[:, None] * inner + np.arange(inner)[None, :]).reshape(-1)
-    xg = flat[:, idx].reshape(len(flat), len(chans), inner)
-    wg = mat[idx].reshape(len(chans), inner, mat.shape[1])
-    return np.einsum("nci,cio->noc", xg, wg).reshape(-1, len(chans))
+        rows = rows or int(min(4096, max(512, 2 * len(chans) * int(np.prod(w.shape[2:])))))
+        where = sample_positions(x.shape[0], geom.out_hw, rows, rng)
+        p = patches(x, geom, where)[:, chans].astype(np.float64)  # [m, L, kk]
+        wg = w[:, chans].reshape(w.shape[0], len(chans), -1)  # [O, L, kk]
+        kk = p.shape[2]
+        pf, wf = p.reshape(len(p), -1), wg.reshape(len(wg), -1)
+    else:
+        mat = w if consumer.in_axis == 0 else w.T  # [K, O]
+        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        rows = rows or 4096
+        if len(flat) > rows:
+            flat = flat[np.sort(rng.choice(len(flat), size=rows, replace=False))]
+        idx = (chans[:, None] * inner + np.arange(inner)[None, :]).reshape(-1)
+        kk = inner
+        pf, wf = flat[:, idx], mat[idx].T  # [n, L*inner], [O, L*inner]
+    n = len(chans)
+    return ((pf.T @ pf) * (wf.T @ wf)).reshape(n, kk, n, kk).sum(axis=(1, 3))
 
 
 def greedy_order(gram: np.ndarray) -> np.ndarray:
@@ -159,18 +165,18 @@ def thinet(model: onnx.ModelProto, analysis: GraphAnalysis, groups: list[Channel
     sample = subsample(data, max_samples, seed)
     grams: dict[int, np.ndarray] = {}
     probe = Probe(model, names)
-    budget = 4_000_000
+    per_consumer: dict[tuple[int, int], np.ndarray] = {}
     for out in probe.chunks(sample):
         for group in groups:
-            for con in group.consumers:
+            for i, con in enumerate(group.consumers):
                 chans = analysis.channels_of(con.value.name, group)
                 info = analysis.info[con.value.name]
-                z = _contributions(con, out[con.value.name], chans, info.inner, rng, budget)
-                if z is None:
-                    continue
-                g = z.T @ z
-                g /= max(np.trace(g), 1e-12)
-                grams[group.id] = grams.get(group.id, 0) + g
+                g = _gram(con, out[con.value.name], chans, info.inner, rng)
+                if g is not None:
+                    key = (group.id, i)
+                    per_consumer[key] = per_consumer.get(key, 0) + g
+    for (gid, _), g in per_consumer.items():  # every consumer weighs the same, whatever its output scale
+        grams[gid] = grams.get(gid, 0) + g / max(float(np.trace(g)), 1e-12)
     return {gid: greedy_order(g) for gid, g in grams.items()}
 
 

@@ -40,10 +40,14 @@ class Probe:
         self.names = list(dict.fromkeys(names))
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
-        existing = [o.name for o in probe.graph.output]
+        # Only the named tensors are outputs, so onnxruntime drops the nodes after them.
+        kept = {o.name: o for o in model.graph.output if o.name in self.names}
+        del probe.graph.output[:]
         for name in self.names:
-            if name not in existing:
-                probe.graph.output.add().name = name
+            if name in kept:
+                probe.graph.output.add().CopyFrom(kept[name])
+            else:
+                probe.graph.output.add().name = name  # untyped: onnxruntime infers the type
         self.session = make_session(probe)
         self.static_batch = _static_batch(model)
 
