@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,20 +110,23 @@ def collect_patches(model: onnx.ModelProto, layers: list[ConvLayer], feeds: dict
 
     Runs the model on up to CALIBRATION_SAMPLES inputs in chunks, so memory
     stays bounded on big models, and samples up to PATCHES_PER_LAYER output
-    positions per layer (fewer for wide layers; seeded).
+    positions per layer (fewer for wide layers). The positions depend only on
+    the seed, the layer's name and its input shape, so two models with the
+    same layer (the original and a partly split one) give patches at the
+    same positions.
     """
     total = min(len(next(iter(feeds.values()))), CALIBRATION_SAMPLES)
-    rng = np.random.default_rng(seed)
+    rngs = {layer.name: np.random.default_rng([seed, zlib.crc32(layer.name.encode())]) for layer in layers}
     wanted = sorted({layer.input_name for layer in layers if layer.input_name not in feeds})
-    chunks = [(start, min(start + CALIBRATION_CHUNK, total)) for start in range(0, total, CALIBRATION_CHUNK)]
     parts: dict[str, list[np.ndarray]] = {layer.name: [] for layer in layers}
     budget = {layer.name: min(PATCHES_PER_LAYER, PATCH_FLOATS // layer.weight[0].size) for layer in layers}
-    for start, stop in chunks:
+    for start in range(0, total, CALIBRATION_CHUNK):
+        stop = min(start + CALIBRATION_CHUNK, total)
         chunk = {k: v[start:stop] for k, v in feeds.items()}
         values = collect_activations(model, wanted, chunk) if wanted else {}
         values.update(chunk)
         for layer in layers:
-            share = budget[layer.name] * (stop - start) // total
+            share = budget[layer.name] * stop // total - budget[layer.name] * start // total
             x = np.asarray(values[layer.input_name], dtype=np.float32)
-            parts[layer.name].append(sample_patches(x, layer.geometry, share, rng))
+            parts[layer.name].append(sample_patches(x, layer.geometry, share, rngs[layer.name]))
     return {name: np.concatenate(p) for name, p in parts.items()}

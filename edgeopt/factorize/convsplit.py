@@ -29,8 +29,9 @@ class Splitter(Protocol):
     def eligible(self, layer: ConvLayer) -> str | None: ...  # None, or why the layer cannot be split
     def macs_after(self, layer: ConvLayer, size: int) -> int | None: ...
     def saving(self, layer: ConvLayer, size: int) -> float: ...  # fraction of the layer's MACs saved
-    # an object with .full (the exact size), .weight_errors() (per size) and .split(size) -> a split
-    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None) -> Any: ...
+    # an object with .full (the exact size), .weight_errors() (per size), .inherited_error and
+    # .split(size) -> a split; patches / reference as in factorize.depthwise.DepthwiseFactorizer
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None, reference: np.ndarray | None) -> Any: ...
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: Any, namer: "Namer") -> None: ...
 
 
@@ -74,7 +75,13 @@ def geometry_attrs(layer: ConvLayer) -> dict:
 
 def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: PassContext,
               splitter: Splitter) -> PassResult:
-    """Split every Conv the splitter can take, within params.max_error and params.min_macs_saving."""
+    """Split every Conv the splitter can take, within params.max_error and params.min_macs_saving.
+
+    With calibration data the layers are fitted in graph order, each on the
+    inputs it gets after the earlier splits and towards the original model's
+    output at that layer, so a layer corrects part of the error the earlier
+    ones left; its error is then measured against the original model too.
+    """
     ir_model = to_ir(model)
     graph = ir_model.graph
     shapes = value_shapes(model, ctx.input_shapes)
@@ -93,12 +100,16 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
             notes.append(NodeNote(name, "Conv", "skipped", reason))
         else:
             layers.append(layer)
-    patches = collect_patches(model, layers, ctx.data, ctx.seed) if ctx.data and layers else {}
+    reference = collect_patches(model, layers, ctx.data, ctx.seed) if ctx.data and layers else {}
     namer = Namer(graph)
     done, macs_before, macs_after, bn_layers = 0, 0, 0, 0
     for layer in layers:
-        layer_patches = patches.get(layer.name)
-        factorizer = splitter.factorizer(layer, layer_patches)
+        layer_patches = reference.get(layer.name)
+        if layer_patches is not None and done:  # what this layer sees now, at the same positions
+            current = collect_patches(ir.to_proto(ir_model), [layer], ctx.data, ctx.seed)[layer.name]
+            factorizer = splitter.factorizer(layer, current, layer_patches)
+        else:
+            factorizer = splitter.factorizer(layer, layer_patches, None)
         choice = choose_size(
             factorizer.full, requested, lambda s, layer=layer: splitter.saving(layer, s), factorizer.split,
             params.max_error, params.min_macs_saving,
@@ -108,8 +119,14 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
         figures: dict = {"macs_before": before}
         if choice.tried:
             figures["errors_tried"] = {str(k): round(v, 5) for k, v in choice.tried.items()}
+        if factorizer.inherited_error:
+            figures["inherited_error"] = round(float(factorizer.inherited_error), 6)
         if choice.split is None:
-            notes.append(NodeNote(layer.name, "Conv", "skipped", choice.reason, figures))
+            reason = choice.reason
+            if factorizer.inherited_error:
+                reason += (f"; the unsplit layer is already at {factorizer.inherited_error:.3g} "
+                           "from the earlier splits")
+            notes.append(NodeNote(layer.name, "Conv", "skipped", reason, figures))
             continue
         split = choice.split
         size = split.size

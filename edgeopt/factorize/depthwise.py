@@ -8,7 +8,11 @@ m >= min(O, KH*KW). With calibration patches, the SVD is taken of W_c L_c
 (L_c L_c^T = E[x_c x_c^T], the channel's patch statistics), which minimizes
 that channel's contribution to the output error, and the pointwise weights
 and bias are then refitted jointly across channels by least squares on the
-real layer outputs.
+real layer outputs. Given `reference` patches too (what the layer saw in the
+original model, at the same positions), the target is the original model's
+output there: fitting a layer to it from the inputs it gets after the earlier
+splits corrects the error those splits left (asymmetric reconstruction,
+Zhang et al. 2016).
 
 Depthwise output channel c*m + j is kernel j of input channel c, which is
 how ONNX orders the outputs of a Conv with group = C.
@@ -20,7 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeopt.factorize.lowrank import LowRank, refit_linear, relative_error, second_moment, whitening_factor
+from edgeopt.factorize.lowrank import (
+    LowRank,
+    output_target,
+    refit_linear,
+    relative_error,
+    second_moment,
+    whitening_factor,
+)
 
 MAX_REFIT = 4096  # largest pointwise fan-in (C*m) refitted by least squares
 
@@ -55,10 +66,12 @@ class DepthwiseFactorizer:
     """All depth multipliers of one layer from one decomposition per channel.
 
     weight [O, C, KH, KW]; patches [S, C, KH, KW] (from `sample_patches`)
-    make the fit data-weighted and the error that of the layer output.
+    make the fit data-weighted and the error that of the layer output;
+    reference [S, C, KH, KW] (same positions, original model) sets the target.
     """
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None,
+                 reference: np.ndarray | None = None):
         self.shape = weight.shape
         self.weight, self.bias = weight, bias
         self.per_channel = _per_channel(weight)
@@ -66,12 +79,13 @@ class DepthwiseFactorizer:
         self.full = full_multiplier(weight)
         self.patches = None if patches is None else np.asarray(patches, dtype=np.float64)
         self.whitened = self.chol = None
+        self.inherited_error = 0.0
         if self.patches is not None:
             o, c, kh, kw = self.shape
             self.xc = self.patches.reshape(len(self.patches), c, kh * kw)
             self.chol = whitening_factor(second_moment(self.xc))  # [C, KK, KK]
             self.whitened = LowRank(self.per_channel @ self.chol)
-            self.target = np.einsum("sck,ock->so", self.xc, self.per_channel.transpose(1, 0, 2)) + self._bias()
+            self.target, self.inherited_error = output_target(weight, self._bias(), self.patches, reference)
 
     def _bias(self) -> np.ndarray:
         return np.zeros(self.shape[0]) if self.bias is None else self.bias.astype(np.float64)

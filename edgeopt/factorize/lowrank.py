@@ -16,8 +16,26 @@ RIDGE = 1e-6  # relative regularization of second-moment matrices (dead inputs s
 
 def second_moment(x: np.ndarray) -> np.ndarray:
     """E[x x^T] over the first axis of x [S, ..., D] -> [..., D, D] (uncentred: the mean matters too)."""
-    s = x.shape[0]
-    return np.einsum("s...i,s...j->...ij", x, x) / max(s, 1)
+    moved = np.moveaxis(x, 0, -1)  # [..., D, S]
+    return (moved @ np.swapaxes(moved, -1, -2)) / max(x.shape[0], 1)
+
+
+def output_target(weight: np.ndarray, bias: np.ndarray, patches: np.ndarray,
+                  reference: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """The conv outputs [S, O] a split should reproduce, and the error the unsplit layer already has.
+
+    Without reference, the target is the layer's own output on `patches`
+    (error 0). With reference (the patches at the same positions in the
+    original model), it is the original model's output there, and the
+    second value is how far the unsplit layer on `patches` is from it:
+    the error inherited from earlier splits.
+    """
+    flat_w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    own = patches.reshape(len(patches), -1) @ flat_w.T + bias
+    if reference is None:
+        return own, 0.0
+    target = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1) @ flat_w.T + bias
+    return target, relative_error(own, target)
 
 
 def whitening_factor(moment: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ splits by direction because the vertical conv has no bias).
 With calibration patches the SVD is taken of L^T M, L L^T being the second
 moment of the vertical input columns x[(c, kh)] (pooled over kw), and the
 horizontal weights and bias are refitted by least squares on the layer's
-real outputs.
+real outputs (the original model's, given `reference` patches: see
+factorize.depthwise).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeopt.factorize.lowrank import LowRank, refit_linear, relative_error, second_moment, whitening_factor
+from edgeopt.factorize.lowrank import (
+    LowRank,
+    output_target,
+    refit_linear,
+    relative_error,
+    second_moment,
+    whitening_factor,
+)
 
 MAX_REFIT = 4096  # largest horizontal fan-in (r*KW) refitted by least squares
 
@@ -53,7 +61,8 @@ def _matrix(weight: np.ndarray) -> np.ndarray:
 class SpatialFactorizer:
     """All ranks of one layer from one decomposition (weights-only, or whitened by the patches)."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None,
+                 reference: np.ndarray | None = None):
         self.shape = weight.shape
         self.bias = bias
         self.matrix = _matrix(weight)
@@ -61,13 +70,14 @@ class SpatialFactorizer:
         self.patches = None if patches is None else np.asarray(patches, dtype=np.float64)
         self._plain: LowRank | None = None
         self.whitened = None
+        self.inherited_error = 0.0
         if self.patches is not None:
             o, c, kh, kw = self.shape
             n = len(self.patches)
             self.columns = self.patches.transpose(0, 3, 1, 2).reshape(n, kw, c * kh)  # per (sample, kw)
             self.chol = whitening_factor(second_moment(self.columns.reshape(n * kw, c * kh)))
             self.whitened = LowRank(self.chol.T @ self.matrix)
-            self.target = np.einsum("sckl,ockl->so", self.patches, weight.astype(np.float64)) + self._bias()
+            self.target, self.inherited_error = output_target(weight, self._bias(), self.patches, reference)
 
     @property
     def plain(self) -> LowRank:

@@ -22,8 +22,9 @@ class SplitDepthwiseParams:
         "auto", "depthwise kernels per input channel (m); `auto` takes per layer the smallest m whose "
                 "error is within max_error; m >= min(out_channels, KH*KW) is exact", ge=1)
     max_error: float = param(
-        0.1, "largest relative error per layer: of the layer's output on the recipe's data when it has "
-             "`data`, else of its weights; a layer that cannot meet it is left alone", gt=0)
+        0.1, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
+             "original model's output there (earlier splits included), else of its weights; a layer that "
+             "cannot meet it is left alone", gt=0)
     min_macs_saving: float = param(
         0.25, "split a layer only if it saves at least this fraction of the layer's MACs (0.25 = 25 %); "
               "a negative value allows splits that add MACs", lt=1)
@@ -52,8 +53,9 @@ class _DepthwiseSplitter:
         o, c, kh, kw = layer.weight.shape
         return layer.batch * depthwise_macs(o, c, (kh, kw), size, layer.out_hw[0] * layer.out_hw[1])
 
-    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None) -> DepthwiseFactorizer:
-        return DepthwiseFactorizer(layer.weight, layer.bias, patches)
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None,
+                   reference: np.ndarray | None) -> DepthwiseFactorizer:
+        return DepthwiseFactorizer(layer.weight, layer.bias, patches, reference)
 
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: DepthwiseSplit, namer: Namer) -> None:
         _, c, kh, kw = layer.weight.shape
@@ -74,15 +76,18 @@ class SplitDepthwise(Pass):
     summary = "replace KxK convolutions by depthwise KxK + pointwise 1x1 pairs (per-channel SVD, error budget)"
     description = (
         "For each group-1 Conv with a KxK kernel (K*K > 1; any stride, padding, dilation) and constant "
-        "weights, each input channel's weight slice (out_channels x K*K) is factored by a rank-m SVD into "
-        "m depthwise KxK kernels and the matching pointwise weights; the bias moves to the pointwise conv. "
-        "The split is exact when m >= min(out_channels, K*K), and cheaper than the original when "
-        "m < out_channels*K*K / (out_channels + K*K). With the recipe's `data`, the fit is weighted by "
-        "the statistics of the layer's real inputs and the pointwise weights and bias are refitted by "
-        "least squares on the layer's real outputs, and max_error bounds the relative error of the "
-        "layer output; without data it bounds the relative error of the weights. Each layer's note gives "
-        "its MACs before and after, the error, the chosen m, or why it was skipped. Run it after "
-        "fold_batchnorm."
+        "weights, each input channel's weight slice (out_channels x K*K) is factored by a rank-m SVD into"
+        " m depthwise KxK kernels and the matching pointwise weights; the bias moves to the pointwise "
+        "conv. The split is exact when m >= min(out_channels, K*K), and cheaper than the original when m "
+        "< out_channels*K*K / (out_channels + K*K). "
+        "With the recipe's `data`, layers are fitted in graph order on the inputs they get after the "
+        "earlier splits: the fit is weighted by the statistics of those inputs, the pointwise weights "
+        "and bias are refitted by least squares towards the original model's output at that layer "
+        "(correcting part of the earlier splits' error), and max_error bounds the relative error of "
+        "the layer output against the original model; without data it bounds the relative error of "
+        "the weights. "
+        "Each layer's note gives its MACs before and after, the error, the chosen m, or why it was "
+        "skipped. Run it after fold_batchnorm."
     )
     lossless = False
     Params = SplitDepthwiseParams

@@ -22,8 +22,9 @@ class SplitSpatialParams:
         "auto", "channels between the Kx1 and the 1xK conv (r); `auto` takes per layer the smallest r "
                 "whose error is within max_error; r >= min(in_channels*KH, out_channels*KW) is exact", ge=1)
     max_error: float = param(
-        0.1, "largest relative error per layer: of the layer's output on the recipe's data when it has "
-             "`data`, else of its weights; a layer that cannot meet it is left alone", gt=0)
+        0.1, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
+             "original model's output there (earlier splits included), else of its weights; a layer that "
+             "cannot meet it is left alone", gt=0)
     min_macs_saving: float = param(
         0.25, "split a layer only if it saves at least this fraction of the layer's MACs (0.25 = 25 %); "
               "a negative value allows splits that add MACs", lt=1)
@@ -63,8 +64,9 @@ class _SpatialSplitter:
         o, c, kh, kw = layer.weight.shape
         return layer.batch * spatial_macs(o, c, (kh, kw), size, layer.out_hw, layer.in_hw[1])
 
-    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None) -> SpatialFactorizer:
-        return SpatialFactorizer(layer.weight, layer.bias, patches)
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None,
+                   reference: np.ndarray | None) -> SpatialFactorizer:
+        return SpatialFactorizer(layer.weight, layer.bias, patches, reference)
 
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: SpatialSplit, namer: Namer) -> None:
         kh, kw = layer.weight.shape[2:]
@@ -95,14 +97,18 @@ class SplitSpatial(Pass):
     name = "split_spatial"
     summary = "replace KxK convolutions by Kx1 then 1xK convolutions of rank r (spatial SVD, error budget)"
     description = (
-        "For each group-1 Conv with a KHxKW kernel (both > 1; any stride, padding, dilation) and constant "
-        "weights, the weights arranged as a matrix with rows (in_channel, kh) and columns (out_channel, kw) are factored by "
-        "a rank-r SVD into a KHx1 conv from in_channels to r channels (taking the vertical stride, "
-        "padding and dilation) followed by a 1xKW conv from r to out_channels (the horizontal ones, and "
-        "the bias). The split is exact when r >= min(in_channels*KH, out_channels*KW). With the recipe's "
-        "`data`, the fit is weighted by the statistics of the layer's real inputs and the 1xKW weights "
-        "and bias are refitted by least squares on the layer's real outputs, and max_error bounds the "
-        "relative error of the layer output; without data it bounds the relative error of the weights. "
+        "For each group-1 Conv with a KHxKW kernel (both > 1; any stride, padding, dilation) and constant"
+        " weights, the weights arranged as a matrix with rows (in_channel, kh) and columns (out_channel, "
+        "kw) are factored by a rank-r SVD into a KHx1 conv from in_channels to r channels (taking the "
+        "vertical stride, padding and dilation) followed by a 1xKW conv from r to out_channels (the "
+        "horizontal ones, and the bias). The split is exact when r >= min(in_channels*KH, "
+        "out_channels*KW). "
+        "With the recipe's `data`, layers are fitted in graph order on the inputs they get after the "
+        "earlier splits: the fit is weighted by the statistics of those inputs, the 1xKW weights "
+        "and bias are refitted by least squares towards the original model's output at that layer "
+        "(correcting part of the earlier splits' error), and max_error bounds the relative error of "
+        "the layer output against the original model; without data it bounds the relative error of "
+        "the weights. "
         "Each layer's note gives its MACs before and after, the error, the chosen r, or why it was "
         "skipped. Run it after fold_batchnorm."
     )
