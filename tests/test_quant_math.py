@@ -154,3 +154,11 @@ def test_kmeans_pin_zero_keeps_an_exact_zero_level():
     assert 0.0 in c.tolist()
     free, _ = kmeans_1d(x, 16)
     assert 0.0 not in free.tolist()
+
+
+def test_mse_clip_on_a_short_last_block_counts_only_real_values():
+    """A partial block's error is the sum over its real values (not padded copies of the first)."""
+    w = np.array([[5.0, 0.1, -0.2, 0.3, 0.25, -0.15, 0.05, 0.2, -0.3]], np.float32)  # one block of 9 in 32
+    blk = compute_qparams(w, 4, True, axis=1, block_size=32, clip="mse")
+    row = compute_qparams(w, 4, True, axis=0, clip="mse")
+    np.testing.assert_allclose(blk.scale.reshape(-1), row.scale.reshape(-1), rtol=1e-6)

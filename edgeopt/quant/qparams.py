@@ -55,8 +55,10 @@ def _reduce(w: np.ndarray, fn, axis: int | None, block_size: int | None) -> np.n
     nb = -(-n // block_size)
     pad = nb * block_size - n
     if pad:
-        # Pad with the block's own first value: it changes neither its min nor its max.
-        edge = np.repeat(moved[..., (nb - 1) * block_size:(nb - 1) * block_size + 1], pad, axis=-1)
+        if fn is np.sum:  # zeros add nothing to a sum
+            edge = np.zeros(moved.shape[:-1] + (pad,), moved.dtype)
+        else:  # the block's own first value changes neither its min nor its max
+            edge = np.repeat(moved[..., (nb - 1) * block_size:(nb - 1) * block_size + 1], pad, axis=-1)
         moved = np.concatenate([moved, edge], axis=-1)
     out = fn(moved.reshape(moved.shape[:-1] + (nb, block_size)), axis=-1)
     return np.moveaxis(out, -1, axis)
