@@ -39,6 +39,7 @@ class PruneOutcome:
     macs_after: int
     channels_before: int  # output channels of every producing layer in the network
     channels_removed: int
+    kept: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> channel indices kept
 
     @property
     def macs_saved(self) -> int:
@@ -102,7 +103,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, data: dict[str, np.
     pruned = to_proto(ir_model) if keep else model
     macs_after = total_macs(pruned, input_shapes) if keep else macs_before
     removed = sum(p.removed * len(p.group.sources) for p in to_prune)
-    return PruneOutcome(pruned, plans, notes, macs_before, macs_after, _sources_channels(analysis), removed)
+    return PruneOutcome(pruned, plans, notes, macs_before, macs_after, _sources_channels(analysis), removed, keep)
 
 
 def _group_note(p: GroupPlan, fallback: str | None) -> NodeNote:
