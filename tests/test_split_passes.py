@@ -21,6 +21,7 @@ from edgeopt.verify.runtime import make_session
 DEPTHWISE = get_pass("split_depthwise")
 SPATIAL = get_pass("split_spatial")
 SIZE = {"split_depthwise": "depth_multiplier", "split_spatial": "rank"}
+SYMBOL = {"split_depthwise": "m", "split_spatial": "r"}
 EVERYTHING = 10 ** 6  # a size beyond full: clamped to the exact one
 
 
@@ -186,6 +187,38 @@ def test_with_data_the_reported_error_is_the_layer_output_error(cls):
     budgeted = apply(cls, model, data=x, max_error=measured + 1e-6, min_macs_saving=0.0)
     assert note(budgeted, "conv").figures[SIZE[cls.name]] <= 2
     assert rel_error(run(budgeted.model, x), reference) <= measured + 1e-6
+
+
+@pytest.mark.parametrize("cls", [DEPTHWISE, SPATIAL], ids=["depthwise", "spatial"])
+def test_with_data_later_layers_are_fitted_towards_the_original_model(cls):
+    # conv2 writes the graph output and every output position is sampled, so its note's error is the
+    # model's relative output error against the original, and inherited_error that of the model with
+    # only conv1 split (conv2 unsplit on conv1's changed output).
+    model, x = two_convs(), feeds(n=6)
+    size = {SIZE[cls.name]: 2}
+    both = apply(cls, model, data=x, max_error=10.0, min_macs_saving=-1.0, **size)
+    only_first = apply(cls, model, data=x, max_error=10.0, min_macs_saving=-1.0, exclude=["conv2"], **size)
+    reference = run(model, x)
+    inherited = rel_error(run(only_first.model, x), reference)
+    figures = note(both, "conv2").figures
+    assert inherited > 0.05
+    assert figures["inherited_error"] == pytest.approx(inherited, rel=1e-3)
+    assert figures["error"] == pytest.approx(rel_error(run(both.model, x), reference), rel=1e-3)
+    assert "inherited_error" not in note(both, "conv1").figures
+    # a budget conv1 and conv2 each meet on their own, but conv2 not after conv1's split:
+    # conv2 is left alone, and its reason names the inherited error
+    alone = note(apply(cls, model, data=x, max_error=10.0, min_macs_saving=-1.0, exclude=["conv1"], **size),
+                 "conv2").figures["error"]
+    first = note(both, "conv1").figures["error"]
+    assert max(first, alone) < figures["error"]
+    budget = (max(first, alone) + figures["error"]) / 2
+    chained = apply(cls, model, data=x, max_error=budget, min_macs_saving=-1.0, **size)
+    assert note(chained, "conv1").action == "split"
+    skipped = note(chained, "conv2")
+    assert skipped.action == "skipped"
+    assert skipped.reason == (f"output error {figures['error']:.3g} at {SYMBOL[cls.name]}=2 exceeds "
+                              f"max_error {budget:g}; the unsplit layer is already at {inherited:.3g} "
+                              "from the earlier splits")
 
 
 def odd_convs() -> onnx.ModelProto:
