@@ -128,3 +128,34 @@ def test_channel_scaled_codebook_beats_uniform_int4_per_channel():
         assert cb_err[name] < uni_err[name], name
     ref = run(model)
     assert np.abs(run(out) - ref).mean() < np.abs(run(uni.model) - ref).mean()
+
+
+def test_bias_correction_removes_the_mean_output_shift():
+    from onnx import numpy_helper
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 8, 6, 6] x) => (float[N, 16, 4, 4] y, float[N, 5] z) {
+        y = Conv (x, W, B)
+        f = Flatten(x)
+        z = Gemm <transB = 1> (f, G)
+    }""")
+    model.graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.standard_normal((5, 288)).astype(np.float32), "G")])
+    x = (rng.standard_normal((64, 8, 6, 6)) + 1.5).astype(np.float32)
+    from edgeopt.verify.runtime import make_session
+    ref = make_session(model).run(None, {"x": x})
+    cls = get_pass("quantize_codebook")
+    shifts = {}
+    for corrected in (False, True):
+        params = cls.Params(bits=2, granularity="per_tensor", min_elements=0, bias_correction=corrected)
+        result = cls().apply(model, params, PassContext(data={"x": x}))
+        out = make_session(result.model).run(None, {"x": x})
+        shifts[corrected] = [float(np.abs((o - f).mean(axis=tuple(i for i in range(o.ndim) if i != 1))).max())
+                             for o, f in zip(out, ref)]
+    assert shifts[False][0] > 1.0 and shifts[False][1] > 1.0
+    assert shifts[True][1] < 1e-4  # Gemm: exact
+    assert shifts[True][0] < 0.05 * shifts[False][0]  # Conv: the window means differ slightly from the map mean
+    result = cls().apply(model, cls.Params(bits=2, min_elements=0, bias_correction=True), PassContext(data={"x": x}))
+    assert all("bias_shift_max" in n.figures for n in result.notes if n.action == "clustered")

@@ -13,6 +13,7 @@ from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, regis
 from edgeopt.quant.decode import codebook_subgraph
 from edgeopt.quant.kmeans import kmeans_1d
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
+from edgeopt.quant.biascorrect import correct_slot, input_means
 from edgeopt.quant.prepare import fold_batchnorm_first
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
@@ -80,6 +81,9 @@ class QuantizeCodebook(Pass):
             "channel_scaled", "one codebook per tensor; one per tensor over values divided by a per-output-channel "
                           "scale (decoded by a Mul); or one codebook per output channel")
         iters: int = param(60, "k-means (Lloyd) iterations at most", ge=1, le=1000)
+        bias_correction: bool = param(
+            False, "with calibration data: subtract each layer's mean output shift (dW . E[x]) from its bias "
+                   "(padding ignored; on the digits models it helps some layers and hurts others: off by default)")
         fold_batchnorm: bool = param(
             True, "fold BatchNormalization into the weights first (lossless), so BN parameters do not stay "
                   "float and the folded weights are the ones rounded")
@@ -106,6 +110,9 @@ class QuantizeCodebook(Pass):
         graph_model = to_ir(work)
         graph = graph_model.graph
         slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
+        means = {}
+        if params.bias_correction and ctx.data and slots:
+            means = input_means(work, [n for s in slots for n in s.nodes], ctx.data)
         before = after = 0
         for slot in slots:
             indices, codebook, axis, scale, decoded = cluster_slot(slot, params.bits, params.granularity,
@@ -121,6 +128,8 @@ class QuantizeCodebook(Pass):
                        "centroids": int(codebook.size), "bytes_before": int(slot.array.nbytes),
                        "bytes_after": nbytes, "max_abs_error": float(np.max(np.abs(err))),
                        "rel_rmse": float(np.sqrt(np.mean(err ** 2)) / std)}
+            if means:
+                figures.update(correct_slot(graph, slot, decoded, means))
             before += slot.array.nbytes
             after += nbytes
             for node in slot.nodes:

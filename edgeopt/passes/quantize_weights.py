@@ -13,6 +13,7 @@ from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, regis
 from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
+from edgeopt.quant.biascorrect import correct_slot, input_means
 from edgeopt.quant.prepare import fold_batchnorm_first
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
@@ -85,6 +86,9 @@ class QuantizeWeights(Pass):
             "constants, which onnxruntime folds at load (fp32 speed here; only the file shrinks)")
         quantize_biases: bool = param(
             False, "biases too, as int8 with one scale per tensor (by default they stay float32)")
+        bias_correction: bool = param(
+            False, "with calibration data: subtract each layer's mean output shift (dW . E[x]) from its bias "
+                   "(padding ignored; on the digits models it helps some layers and hurts others: off by default)")
         fold_batchnorm: bool = param(
             True, "fold BatchNormalization into the weights first (lossless), so BN parameters do not stay "
                   "float and the folded weights are the ones rounded")
@@ -111,6 +115,9 @@ class QuantizeWeights(Pass):
         graph_model = to_ir(work)
         graph = graph_model.graph
         slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
+        means = {}
+        if params.bias_correction and ctx.data and slots:
+            means = input_means(work, [n for s in slots for n in s.nodes], ctx.data)
         scale_dtype = np.float16 if params.scale_dtype == "float16" else np.float32
         clip = params.clip if params.clip != "auto" else ("mse" if params.bits <= 4 else "minmax")
         build = cast_mul_subgraph if params.decode == "cast_mul" else dequantize_subgraph
@@ -131,6 +138,8 @@ class QuantizeWeights(Pass):
                        "bytes_before": int(slot.array.nbytes), "bytes_after": nbytes,
                        "max_abs_error": float(np.max(np.abs(err))),
                        "rel_rmse": float(np.sqrt(np.mean(err ** 2)) / std)}
+            if means:
+                figures.update(correct_slot(graph, slot, decoded, means))
             before += slot.array.nbytes
             after += nbytes
             for node in slot.nodes:
