@@ -21,22 +21,40 @@ from edgeopt.prune.im2col import conv_geometry, patches, sample_positions
 from edgeopt.prune.probe import Probe, subsample
 
 RIDGE = 1e-4  # relative to the mean diagonal of A^T A
-MAX_ROWS = 20000
+MAX_ROWS = 20000  # regression rows per layer (sampled output positions)
+CHUNK = 64  # calibration samples per onnxruntime run: memory stays bounded on big models
 
 
-def _solve(a: np.ndarray, t: np.ndarray, intercept: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Ridge least squares t ~ a @ w (+ b); returns w [d, o] and b [o] (b None without intercept)."""
-    a = a.astype(np.float64)
-    t = t.astype(np.float64)
-    if intercept:
-        a_mean, t_mean = a.mean(axis=0), t.mean(axis=0)
-        a, t = a - a_mean, t - t_mean
-    gram = a.T @ a
-    lam = RIDGE * max(float(np.mean(np.diag(gram))), 1e-12)
-    w = np.linalg.solve(gram + lam * np.eye(len(gram)), a.T @ t)
-    if not intercept:
-        return w, None
-    return w, t_mean - a_mean @ w
+class NormalEquations:
+    """Accumulates, chunk by chunk, the least-squares problem t ~ a @ w (+ b) and solves it (ridge)."""
+
+    def __init__(self, intercept: bool):
+        self.intercept = intercept
+        self.ata = self.atb = None
+        self.ttt = 0.0
+        self.rows = 0
+
+    def add(self, a: np.ndarray, t: np.ndarray) -> None:
+        a = a.astype(np.float64)
+        t = t.astype(np.float64)
+        if self.intercept:
+            a = np.hstack([a, np.ones((len(a), 1))])
+        ata, atb = a.T @ a, a.T @ t
+        self.ata = ata if self.ata is None else self.ata + ata
+        self.atb = atb if self.atb is None else self.atb + atb
+        self.ttt += float(np.sum(t * t))
+        self.rows += len(a)
+
+    def solve(self) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """Weights [d, o], bias [o] (None without intercept), relative error of the fit."""
+        d = len(self.ata) - (1 if self.intercept else 0)
+        lam = RIDGE * max(float(np.mean(np.diag(self.ata)[:d])), 1e-12)
+        reg = np.zeros(len(self.ata))
+        reg[:d] = lam
+        sol = np.linalg.solve(self.ata + np.diag(reg), self.atb)
+        sse = self.ttt - 2 * float(np.sum(sol * self.atb)) + float(np.sum(sol * (self.ata @ sol)))
+        rel = float(np.sqrt(max(sse, 0.0) / max(self.ttt, 1e-24)))
+        return sol[:d], (sol[d] if self.intercept else None), rel
 
 
 def _find(graph: ir.Graph, output: str) -> ir.Node | None:
@@ -48,102 +66,148 @@ def refit(original: onnx.ModelProto, pruned: ir.Model, consumers: list[str], out
     """Refit, in place on `pruned`, the layers producing the tensors `consumers` (by output name)."""
     rng = np.random.default_rng(seed)
     sample = subsample(data, max_samples, seed)
+    n_chunks = -(-len(next(iter(sample.values()))) // CHUNK)
     graph = pruned.graph
     order = {n.outputs[0].name: i for i, n in enumerate(graph) if n.outputs}
+    known = {o for n in original.graph.node for o in n.output}
     notes = []
-    for y in sorted(consumers, key=lambda name: order.get(name, 1 << 30)):
-        node = _find(graph, y)
+    for y_name in sorted(consumers, key=lambda name: order.get(name, 1 << 30)):
+        node = _find(graph, y_name)
         if node is None:
             continue
-        x = node.inputs[0]
         label = node_label(node)
         w = const_array(node.inputs[1])
-        if w is None:
+        if w is None or y_name not in known:
+            notes.append(NodeNote(label, node.op_type, "not refitted", "weight or original output not found"))
             continue
-        y_orig = Probe(original, [y]).all(sample)[y]
-        x_now = Probe(ir.to_proto(pruned), [x.name]).all(sample)[x.name]
-        keep_out = out_positions.get(y)
-        if keep_out is not None:
-            y_orig = np.take(y_orig, keep_out, axis=1 if node.op_type != "MatMul" else y_orig.ndim - 1)
-        if node.op_type == "Conv":
-            note = _refit_conv(graph, node, w, x_now, y_orig, rng)
-        elif node.op_type == "Gemm":
-            note = _refit_gemm(graph, node, w, x_now, y_orig)
-        else:
-            note = _refit_matmul(graph, node, w, x_now, y_orig)
-        if note is not None:
-            note.node = label
-            notes.append(note)
+        fitter = {"Conv": _ConvFit, "Gemm": _GemmFit, "MatMul": _MatMulFit}[node.op_type](node, w, n_chunks, rng)
+        if fitter.problem:
+            notes.append(NodeNote(label, node.op_type, "not refitted", fitter.problem))
+            continue
+        x_name = node.inputs[0].name
+        keep_out = out_positions.get(y_name)
+        targets = Probe(original, [y_name]).chunks(sample, CHUNK)
+        inputs = Probe(ir.to_proto(pruned), [x_name]).chunks(sample, CHUNK)
+        for y_chunk, x_chunk in zip(targets, inputs):
+            y = y_chunk[y_name]
+            if keep_out is not None:
+                y = np.take(y, keep_out, axis=y.ndim - 1 if node.op_type == "MatMul" else 1)
+            if not fitter.add(x_chunk[x_name], y):
+                break
+        if fitter.problem:
+            notes.append(NodeNote(label, node.op_type, "not refitted", fitter.problem))
+            continue
+        note = fitter.write(graph, label)
+        note.node = label
+        notes.append(note)
     return notes
 
 
-def _rel_error(pred: np.ndarray, target: np.ndarray) -> float:
-    return float(np.linalg.norm(pred - target) / max(np.linalg.norm(target), 1e-12))
+class _Fit:
+    def __init__(self, node, w, n_chunks, rng, intercept: bool):
+        self.node, self.w, self.n_chunks, self.rng = node, w, n_chunks, rng
+        self.eq = NormalEquations(intercept)
+        self.sse_before = 0.0
+        self.problem = ""
+
+    def _before(self, pred: np.ndarray, t: np.ndarray) -> None:
+        self.sse_before += float(np.sum((pred - t.astype(np.float64)) ** 2))
+
+    def note(self, op: str, rel_after: float, reason: str = "least squares on calibration data") -> NodeNote:
+        rel_before = float(np.sqrt(self.sse_before / max(self.eq.ttt, 1e-24)))
+        return NodeNote("", op, "refitted", reason, {"rows": self.eq.rows, "rel_error_before": round(rel_before, 5),
+                                                     "rel_error_after": round(rel_after, 5)})
 
 
-def _refit_conv(graph, node, w, x, y, rng) -> NodeNote | None:
-    if int(_attr(node, "group", 1)) != 1 or w.ndim != 4:
-        return NodeNote("", "Conv", "not refitted", "only 2-D convs with group=1 are refitted")
-    geom = conv_geometry(node, x.shape[2:], w.shape[2:])
-    if geom is None or tuple(geom.out_hw) != tuple(y.shape[2:]):
-        return NodeNote("", "Conv", "not refitted", "conv geometry not understood")
-    o, c, kh, kw = w.shape
-    d = c * kh * kw
-    rows = int(min(MAX_ROWS, max(8 * d, 2000)))
-    where = sample_positions(x.shape[0], geom.out_hw, rows, rng)
-    a = patches(x, geom, where).reshape(len(where[0]), d)
-    t = y[where[0], :, where[1], where[2]]
-    b_old = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    before = a.astype(np.float64) @ w.reshape(o, d).T.astype(np.float64) + (0 if b_old is None else b_old)
-    sol, bias = _solve(a, t, intercept=True)
-    after = a @ sol + bias
-    new_w = sol.T.reshape(o, c, kh, kw).astype(w.dtype)
-    node.replace_input_with(1, add_initializer(graph, f"{node.inputs[1].name}_refit", new_w))
-    b_val = add_initializer(graph, f"{node_label(node)}.bias_refit", bias.astype(w.dtype))
-    if len(node.inputs) > 2:
-        node.replace_input_with(2, b_val)
-    else:
-        node.resize_inputs(3)
-        node.replace_input_with(2, b_val)
-    return NodeNote("", "Conv", "refitted", "least squares on calibration data",
-                    {"rows": int(len(a)), "rel_error_before": round(_rel_error(before, t), 5),
-                     "rel_error_after": round(_rel_error(after, t), 5)})
+class _ConvFit(_Fit):
+    def __init__(self, node, w, n_chunks, rng):
+        super().__init__(node, w, n_chunks, rng, intercept=True)
+        self.geom = None
+        if int(_attr(node, "group", 1)) != 1 or w.ndim != 4:
+            self.problem = "only 2-D convs with group=1 are refitted"
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        self.b_old = const_array(b) if b is not None else None
 
+    def add(self, x: np.ndarray, y: np.ndarray) -> bool:
+        o, c, kh, kw = self.w.shape
+        d = c * kh * kw
+        if self.geom is None:
+            self.geom = conv_geometry(self.node, x.shape[2:], self.w.shape[2:])
+            if self.geom is None or tuple(self.geom.out_hw) != tuple(y.shape[2:]):
+                self.problem = "conv geometry not understood"
+                return False
+        rows = int(min(MAX_ROWS, max(8 * d, 2000)))
+        where = sample_positions(x.shape[0], self.geom.out_hw, -(-rows // self.n_chunks), self.rng)
+        a = patches(x, self.geom, where).reshape(len(where[0]), d)
+        t = y[where[0], :, where[1], where[2]]
+        self._before(a.astype(np.float64) @ self.w.reshape(o, d).T.astype(np.float64)
+                     + (0 if self.b_old is None else self.b_old), t)
+        self.eq.add(a, t)
+        return True
 
-def _refit_gemm(graph, node, w, x, y) -> NodeNote | None:
-    alpha = float(_attr(node, "alpha", 1.0))
-    beta = float(_attr(node, "beta", 1.0))
-    trans_b = int(_attr(node, "transB", 0))
-    mat = w.T if trans_b else w  # [K, O]
-    c_val = node.inputs[2] if len(node.inputs) > 2 else None
-    c_arr = const_array(c_val) if c_val is not None else None
-    a = x.reshape(len(x), -1)
-    before = alpha * (a.astype(np.float64) @ mat) + (0 if c_arr is None else beta * c_arr)
-    use_bias = beta != 0 and alpha != 0
-    sol, bias = _solve(a, y, intercept=use_bias)
-    after = a @ sol + (bias if bias is not None else 0)
-    new_mat = (sol / alpha).astype(w.dtype)
-    node.replace_input_with(1, add_initializer(graph, f"{node.inputs[1].name}_refit",
-                                               np.ascontiguousarray(new_mat.T if trans_b else new_mat)))
-    if use_bias:
-        shape = (len(bias),) if c_arr is None or c_arr.ndim < 2 else (1, len(bias))
-        new_c = add_initializer(graph, f"{node_label(node)}.bias_refit", (bias / beta).reshape(shape).astype(w.dtype))
-        if c_val is None:
+    def write(self, graph, label) -> NodeNote:
+        sol, bias, rel = self.eq.solve()
+        node, w = self.node, self.w
+        node.replace_input_with(1, add_initializer(graph, f"{node.inputs[1].name}_refit",
+                                                   sol.T.reshape(w.shape).astype(w.dtype)))
+        if len(node.inputs) < 3:
             node.resize_inputs(3)
-        node.replace_input_with(2, new_c)
-    return NodeNote("", "Gemm", "refitted", "least squares on calibration data",
-                    {"rows": int(len(a)), "rel_error_before": round(_rel_error(before, y), 5),
-                     "rel_error_after": round(_rel_error(after, y), 5)})
+        node.replace_input_with(2, add_initializer(graph, f"{label}.bias_refit", bias.astype(w.dtype)))
+        return self.note("Conv", rel)
 
 
-def _refit_matmul(graph, node, w, x, y) -> NodeNote | None:
-    a = x.reshape(-1, x.shape[-1])
-    t = y.reshape(-1, y.shape[-1])
-    if len(a) > MAX_ROWS:
-        a, t = a[:MAX_ROWS], t[:MAX_ROWS]
-    before = a.astype(np.float64) @ w
-    sol, _ = _solve(a, t, intercept=False)
-    node.replace_input_with(1, add_initializer(graph, f"{node.inputs[1].name}_refit", sol.astype(w.dtype)))
-    return NodeNote("", "MatMul", "refitted", "least squares on calibration data (no bias)",
-                    {"rows": int(len(a)), "rel_error_before": round(_rel_error(before, t), 5),
-                     "rel_error_after": round(_rel_error(a @ sol, t), 5)})
+class _GemmFit(_Fit):
+    def __init__(self, node, w, n_chunks, rng):
+        self.alpha = float(_attr(node, "alpha", 1.0))
+        self.beta = float(_attr(node, "beta", 1.0))
+        super().__init__(node, w, n_chunks, rng, intercept=self.beta != 0 and self.alpha != 0)
+        self.trans_b = int(_attr(node, "transB", 0))
+        self.c_val = node.inputs[2] if len(node.inputs) > 2 else None
+        self.c_arr = const_array(self.c_val) if self.c_val is not None else None
+        if self.alpha == 0:
+            self.problem = "alpha is 0"
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> bool:
+        a = x.reshape(len(x), -1)
+        mat = self.w.T if self.trans_b else self.w
+        self._before(self.alpha * (a.astype(np.float64) @ mat) + (0 if self.c_arr is None else self.beta * self.c_arr), y)
+        self.eq.add(a, y)
+        return True
+
+    def write(self, graph, label) -> NodeNote:
+        sol, bias, rel = self.eq.solve()
+        node, w = self.node, self.w
+        new = (sol / self.alpha).astype(w.dtype)
+        node.replace_input_with(1, add_initializer(graph, f"{node.inputs[1].name}_refit",
+                                                   np.ascontiguousarray(new.T if self.trans_b else new)))
+        if bias is not None:
+            shape = (len(bias),) if self.c_arr is None or self.c_arr.ndim < 2 else (1, len(bias))
+            c = add_initializer(graph, f"{label}.bias_refit", (bias / self.beta).reshape(shape).astype(w.dtype))
+            if self.c_val is None:
+                node.resize_inputs(3)
+            node.replace_input_with(2, c)
+        return self.note("Gemm", rel)
+
+
+class _MatMulFit(_Fit):
+    def __init__(self, node, w, n_chunks, rng):
+        super().__init__(node, w, n_chunks, rng, intercept=False)
+        if w.ndim != 2:
+            self.problem = "only a constant matrix B is refitted"
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> bool:
+        a = x.reshape(-1, x.shape[-1])
+        t = y.reshape(-1, y.shape[-1])
+        rows = -(-MAX_ROWS // self.n_chunks)
+        if len(a) > rows:
+            pick = np.sort(self.rng.choice(len(a), size=rows, replace=False))
+            a, t = a[pick], t[pick]
+        self._before(a.astype(np.float64) @ self.w, t)
+        self.eq.add(a, t)
+        return True
+
+    def write(self, graph, label) -> NodeNote:
+        sol, _, rel = self.eq.solve()
+        self.node.replace_input_with(1, add_initializer(graph, f"{self.node.inputs[1].name}_refit",
+                                                        sol.astype(self.w.dtype)))
+        return self.note("MatMul", rel, "least squares on calibration data (no bias)")
