@@ -42,21 +42,16 @@ class RunOptions:
     log: Callable[[str], None] = lambda message: None
 
 
-@dataclass
-class Stage:
-    """One verified model and what we know of it."""
-
-    model: onnx.ModelProto
-    outputs: list[np.ndarray]
-    record: dict
+VERIFY_MACS_BUDGET = 2e9  # random verification batch: about this many MACs per stage (2 to 8 samples)
+MEASURE_SECONDS = 0.5  # latency measurement budget per stage
 
 
-def _profile_record(model: onnx.ModelProto, devices, shapes, session, inputs: Inputs, measure: bool) -> dict:
+def _profile_record(model: onnx.ModelProto, devices, shapes) -> dict:
+    """The contract figures of one stage: counts on the first device, estimates on each."""
     record: dict = {}
     per_device = {}
     for i, device in enumerate(devices or [None]):
-        prof = profile_model(model, device, shapes)
-        totals = prof.totals
+        totals = profile_model(model, device, shapes).totals
         if i == 0:
             for key in ("macs", "params_count", "weight_bytes", "peak_activation_bytes",
                         "est_latency_ms", "est_energy_mj"):
@@ -64,10 +59,13 @@ def _profile_record(model: onnx.ModelProto, devices, shapes, session, inputs: In
         if device is not None:
             per_device[device.name] = {"est_latency_ms": totals.get("est_latency_ms"),
                                        "est_energy_mj": totals.get("est_energy_mj")}
-    record["measured_latency_ms"] = measure_latency(session, inputs.first(1)) if measure else None
     if per_device:
         record["devices"] = per_device
     return record
+
+
+def _measure(session, inputs: Inputs, enabled: bool) -> float | None:
+    return measure_latency(session, inputs.first(1), max_seconds=MEASURE_SECONDS) if enabled else None
 
 
 def _verify(model: onnx.ModelProto, label: str, inputs: Inputs):
@@ -91,9 +89,9 @@ def _verify(model: onnx.ModelProto, label: str, inputs: Inputs):
     return session, outputs
 
 
-def _fidelity(prev: Stage, first: Stage, outputs, labels) -> dict:
-    vs_prev = compare(prev.outputs, outputs)
-    vs_input = compare(first.outputs, outputs)
+def _fidelity(prev_outputs, first_outputs, outputs, labels) -> dict:
+    vs_prev = compare(prev_outputs, outputs)
+    vs_input = compare(first_outputs, outputs)
     fid = {k: vs_prev.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
     fid["accuracy"] = accuracy(outputs, labels)
     fid["vs_input"] = {k: vs_input.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
@@ -129,18 +127,27 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     if recipe.input_shapes or options.input_shapes:
         model = fix_input_shapes(model, {k: v for k, v in shapes.items()
                                          if k in {**recipe.input_shapes, **options.input_shapes}})
-    inputs = load_data(recipe.data, model) if recipe.data else random_inputs(model, shapes, recipe.seed)
+    record = {"stage": 0, "pass": "input", "params": {}}
+    record.update(_profile_record(model, devices, shapes))
+    if recipe.data:
+        inputs = load_data(recipe.data, model)
+    else:
+        free_batch = int(max(2, min(8, VERIFY_MACS_BUDGET // max(record.get("macs") or 1, 1))))
+        inputs = random_inputs(model, shapes, recipe.seed, free_batch=free_batch)
     log(f"[0/{len(recipe.passes)}] input {recipe.model.name}: verifying on {inputs.batch} samples of {inputs.source}")
     try:
         session = make_session(model, threads=1)
-        outputs = run_batched(session, model, inputs.feeds)
+        first_outputs = run_batched(session, model, inputs.feeds)
     except Exception as exc:
         raise UserError(f"{recipe.model}: onnxruntime cannot run the input model: {ort_message(exc)}") from None
-    record = {"stage": 0, "pass": "input", "params": {}}
-    record.update(_profile_record(model, devices, shapes, session, inputs, options.measure))
+    record["measured_latency_ms"] = _measure(session, inputs, options.measure)
     record["fidelity"] = {"cosine": 1.0, "max_abs_error": 0.0, "top1_agreement": 1.0,
-                          "accuracy": accuracy(outputs, inputs.labels)}
-    stages = [Stage(model, outputs, record)]
+                          "accuracy": accuracy(first_outputs, inputs.labels)}
+    del session
+    records = [record]
+    # Only the previous stage is kept (memory: a stage of ResNet-50 is 100 MB), all of them with --keep-stages.
+    prev_model, prev_outputs = model, first_outputs
+    kept = [model] if options.keep_stages else []
 
     ctx = PassContext(data=inputs.feeds if recipe.data else None, labels=inputs.labels,
                       input_shapes=shapes, device=devices[0] if devices else None, seed=recipe.seed)
@@ -148,28 +155,33 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         cls = get_pass(spec.name)
         label = f"pass {spec.name} (passes[{spec.index}])"
         started = time.perf_counter()
-        result = cls().apply(stages[-1].model, spec.params, ctx)
+        result = cls().apply(prev_model, spec.params, ctx)
         seconds = time.perf_counter() - started
         session, outputs = _verify(result.model, label, inputs)
-        fid = _fidelity(stages[-1], stages[0], outputs, inputs.labels)
+        fid = _fidelity(prev_outputs, first_outputs, outputs, inputs.labels)
         if fid.get("problem"):
             raise VerificationError(f"{label}: {fid['problem']}")
         if cls.lossless:
-            limit = LOSSLESS_TOLERANCE * output_scale(stages[-1].outputs)
+            limit = LOSSLESS_TOLERANCE * output_scale(prev_outputs)
             if fid["max_abs_error"] > limit:
                 raise VerificationError(
                     f"{label} is lossless but its outputs diverged: max abs error "
                     f"{fid['max_abs_error']:.3g} > {limit:.3g} (1e-4 of the output scale)")
-        record = {"stage": len(stages), "pass": spec.name, "params": spec.raw_params}
-        record.update(_profile_record(result.model, devices, shapes, session, inputs, options.measure))
+        record = {"stage": len(records), "pass": spec.name, "params": spec.raw_params}
+        record.update(_profile_record(result.model, devices, shapes))
+        record["measured_latency_ms"] = _measure(session, inputs, options.measure)
+        del session
         record["fidelity"] = fid
         record["summary"] = result.summary
         record["seconds"] = round(seconds, 3)
         record["notes"] = [note.as_dict() for note in result.notes]
-        stages.append(Stage(result.model, outputs, record))
-        log(f"[{len(stages) - 1}/{len(recipe.passes)}] {spec.name}: {result.summary or 'done'} ({seconds:.2f} s)")
+        records.append(record)
+        prev_model, prev_outputs = result.model, outputs
+        if options.keep_stages:
+            kept.append(result.model)
+        log(f"[{len(records) - 1}/{len(recipe.passes)}] {spec.name}: {result.summary or 'done'} ({seconds:.2f} s)")
 
-    checks = evaluate_checks(recipe.checks, [s.record for s in stages])
+    checks = evaluate_checks(recipe.checks, records)
     doc = {
         "edgeopt_version": __version__,
         "recipe": str(recipe.path) if recipe.path else None,
@@ -178,16 +190,14 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         "device": [d.name for d in devices] if len(devices) > 1 else (devices[0].name if devices else None),
         "data": inputs.source,
         "ok": all(c["ok"] for c in checks),
-        "stages": [s.record for s in stages],
+        "stages": records,
         "checks": checks,
     }
     if not doc["ok"]:
         failed = [c for c in checks if not c["ok"]]
         raise CheckFailed("; ".join(describe_failure(c) for c in failed) + "; nothing was written", doc)
-    if options.keep_stages:
-        for stage in stages:
-            name = f"{stage.record['stage']:02d}_{stage.record['pass']}.onnx"
-            save_model(stage.model, options.keep_stages / name)
-    save_model(stages[-1].model, output)
+    for record, stage_model in zip(records, kept):
+        save_model(stage_model, options.keep_stages / f"{record['stage']:02d}_{record['pass']}.onnx")
+    save_model(prev_model, output)
     log(f"wrote {output}")
     return doc

@@ -34,8 +34,17 @@ def all_passes() -> dict[str, type[Pass]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def pass_names() -> list[str]:
+    """Every pass name, without importing the pass modules (a pass's file is named after it)."""
+    modules = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "base"}
+    return sorted(modules | set(_REGISTRY))
+
+
 def get_pass(name: str) -> type[Pass] | None:
-    return all_passes().get(name)
+    """The pass class, importing only its own module (a run loads just the passes it uses)."""
+    if name not in _REGISTRY and name in pass_names():
+        importlib.import_module(f"{__name__}.{name}")
+    return _REGISTRY.get(name)
 
 
-__all__ = ["NodeNote", "Pass", "PassContext", "PassResult", "param", "register", "all_passes", "get_pass"]
+__all__ = ["NodeNote", "Pass", "PassContext", "PassResult", "param", "register", "all_passes", "get_pass", "pass_names"]

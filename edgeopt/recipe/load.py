@@ -11,7 +11,7 @@ import yaml
 
 from edgeopt.checks import CHECKS
 from edgeopt.errors import UserError
-from edgeopt.passes import all_passes
+from edgeopt.passes import get_pass, pass_names
 from edgeopt.recipe.values import ValueProblem, build_params, coerce, did_you_mean
 
 TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "passes", "checks", "seed")
@@ -175,7 +175,7 @@ def _parse_passes(raw: Any, where: str) -> list[PassSpec]:
         return []
     if not isinstance(raw, list):
         raise UserError(f"{where}: passes: expected a list of passes (- fold_batchnorm), got {type(raw).__name__}")
-    registry = all_passes()
+    names = pass_names()
     specs = []
     for i, entry in enumerate(raw):
         loc = f"{where}: passes[{i}]"
@@ -185,11 +185,12 @@ def _parse_passes(raw: Any, where: str) -> list[PassSpec]:
             name, params = next(iter(entry.items()))
         else:
             raise UserError(f"{loc}: expected a pass name or {{name: {{parameters}}}}, got {entry!r}")
-        if name not in registry:
-            raise UserError(f"{loc}: unknown pass {name!r}{did_you_mean(name, registry)} "
+        cls = get_pass(name) if isinstance(name, str) and name in names else None
+        if cls is None:
+            raise UserError(f"{loc}: unknown pass {name!r}{did_you_mean(name, names)} "
                             "(list them with `edgeopt passes`)")
         params = params if params is not None else {}
-        spec_params = build_params(registry[name].Params, params, f"{loc}.{name}")
+        spec_params = build_params(cls.Params, params, f"{loc}.{name}")
         specs.append(PassSpec(index=i, name=name, params=spec_params,
                               raw_params=dict(params) if isinstance(params, dict) else {}))
     return specs

@@ -61,15 +61,19 @@ def load_data(path: Path, model: onnx.ModelProto) -> Inputs:
     return Inputs(feeds=feeds, labels=labels, source=path.name)
 
 
-def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int = 0) -> Inputs:
-    """Seeded inputs: standard normal for floats, zeros for integers and booleans."""
+def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int = 0,
+                  free_batch: int = RANDOM_BATCH) -> Inputs:
+    """Seeded inputs: standard normal for floats, zeros for integers and booleans.
+
+    A batch dim the model leaves free (and the caller did not fix) gets `free_batch` samples.
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
     for vi in graph_inputs(model):
         shape = list(shapes[vi.name])
         dims = vi.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value") and len(shape) > 1 and shape[0] == 1:
-            shape[0] = RANDOM_BATCH
+            shape[0] = free_batch
         dtype = _dtype_of(vi)
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
