@@ -279,3 +279,22 @@ def test_quantize_biases_and_auto_clip():
     auto8 = [n.figures for n in apply(model, bits=8, min_elements=0).notes if n.figures]
     mm8 = [n.figures for n in apply(model, bits=8, clip="minmax", min_elements=0).notes if n.figures]
     assert auto8 == mm8
+
+
+def test_gather_table_is_quantized_per_row():
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 13]>
+    g (int64[N, 5] ids) => (float[N, 5, 64] emb) {
+        emb = Gather <axis = 0> (T, ids)
+    }""")
+    table = rng.standard_normal((100, 64)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(table, "T"))
+    ids = rng.integers(0, 100, size=(3, 5)).astype(np.int64)
+    result = apply(model, bits=4, clip="minmax", min_elements=0)
+    out = result.model
+    onnx.checker.check_model(out, full_check=True)
+    assert initializer(out, "T_quantized").data_type == onnx.TensorProto.INT4
+    assert list(initializer(out, "T_scale").dims) == [100]
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    step = np.abs(table).max(axis=1) / 7
+    assert np.all(np.abs(got - table[ids]) <= step[ids][..., None] * 0.5 + 1e-6)

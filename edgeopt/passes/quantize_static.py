@@ -12,7 +12,7 @@ from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, regis
 from edgeopt.quant.calibrate import StaticQuantizer
 from edgeopt.quant.opset import OpsetUpgradeError
 from edgeopt.quant.prepare import prepare_float
-from edgeopt.quant.runtime import ort_load_error
+from edgeopt.quant.runtime import ort_load_error, static_batch
 from edgeopt.quant.select import excluded
 from edgeopt.quant.sensitivity import local_errors, quantized_nodes
 from edgeopt.quant.timing import interleaved_latency
@@ -22,18 +22,8 @@ from edgeopt.verify.runtime import make_session, run_batched
 
 HEAVY_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 SENSITIVITY_SAMPLES = 64
+EVAL_SAMPLES = 256  # fidelity against the float model is measured on this many samples of the data
 LATENCY_QUANTILE = 0.1  # decisions use the 10th percentile: steady on a machine shared with other work
-
-
-def _static_batch(model: onnx.ModelProto) -> int | None:
-    inits = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return dims[0].dim_value
-    return None
 
 
 def _take(feeds: dict[str, np.ndarray], n: int, multiple: int) -> dict[str, np.ndarray]:
@@ -107,7 +97,7 @@ class QuantizeStatic(Pass):
             prepared, prep_steps = prepare_float(model, ctx)
         except OpsetUpgradeError as exc:
             return unchanged(str(exc))
-        multiple = _static_batch(prepared) or 1
+        multiple = static_batch(prepared) or 1
         if ctx.data:
             feeds, source = ctx.data, "the recipe's data"
         else:
@@ -146,7 +136,7 @@ class QuantizeStatic(Pass):
             if q is None:
                 return unchanged(problem)
             if params.mode == "auto":
-                evals = _take(feeds, max(params.samples, 256), multiple)
+                evals = _take(feeds, EVAL_SAMPLES, multiple)
                 ref = run_batched(make_session(model), model, evals)
 
                 def fidelity(candidate):

@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from edgeopt.graph.activations import collect_activations
 from edgeopt.graph.edit import add_initializer, const_array
+from edgeopt.quant.runtime import static_batch
 
 
 def input_means(model: onnx.ModelProto, nodes: list[ir.Node], feeds: dict[str, np.ndarray],
@@ -25,7 +26,11 @@ def input_means(model: onnx.ModelProto, nodes: list[ir.Node], feeds: dict[str, n
     names = sorted({n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None and n.inputs[0].name})
     if not names:
         return {}
-    feeds = {k: v[:max_samples] for k, v in feeds.items()}
+    step = static_batch(model) or 1
+    total = len(next(iter(feeds.values())))
+    n = min(max_samples, total)
+    n = max(step, n - n % step) if total >= step else total
+    feeds = {k: v[:n] for k, v in feeds.items()}
     acts = collect_activations(model, names, feeds)
     means = {}
     for name, a in acts.items():
