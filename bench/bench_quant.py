@@ -36,13 +36,17 @@ DIGITS = ("mobilenet_digits", "resnet_digits", "vgg_digits", "resnet_digits_opse
 CONFIGS = [
     ("fp32", None, {}),
     ("int8 per-channel", "quantize_weights", {"bits": 8}),
+    ("int8 per-channel fp16-scales +biases", "quantize_weights",
+     {"bits": 8, "scale_dtype": "float16", "quantize_biases": True}),
     ("int8 per-channel cast_mul", "quantize_weights", {"bits": 8, "decode": "cast_mul"}),
+    ("int4 per-channel minmax", "quantize_weights", {"bits": 4, "clip": "minmax"}),
     ("int4 per-channel", "quantize_weights", {"bits": 4}),
-    ("int4 per-channel mse", "quantize_weights", {"bits": 4, "clip": "mse"}),
-    ("int4 block 32 fp16-scales", "quantize_weights",
-     {"bits": 4, "granularity": "block", "block_size": 32, "scale_dtype": "float16"}),
-    ("codebook 4-bit tensor", "quantize_codebook", {"bits": 4}),
-    ("codebook 4-bit channel_scaled", "quantize_codebook", {"bits": 4, "granularity": "channel_scaled"}),
+    ("int4 per-channel fp16-scales +biases", "quantize_weights",
+     {"bits": 4, "scale_dtype": "float16", "quantize_biases": True}),
+    ("int4 block 32 fp16-scales +biases", "quantize_weights",
+     {"bits": 4, "granularity": "block", "block_size": 32, "scale_dtype": "float16", "quantize_biases": True}),
+    ("codebook 4-bit channel_scaled", "quantize_codebook", {"bits": 4}),
+    ("codebook 4-bit tensor", "quantize_codebook", {"bits": 4, "granularity": "per_tensor"}),
     ("codebook 4-bit channel", "quantize_codebook", {"bits": 4, "granularity": "per_channel"}),
     ("fp16", "convert_fp16", {}),
     ("static int8 auto", "quantize_static", {}),
@@ -131,7 +135,7 @@ def write_results(digits: list[dict], r50: list[dict], argv: list[str]) -> str:
              "Digits models: calibration on digits_calib.npz, accuracy and cosine (vs fp32 logits) on "
              "digits_test.npz. Weight bytes: the profiler's stored bytes (int4 packed = n/2, decode "
              "subgraphs counted as storage). Latency: onnxruntime CPU, batch 1, median of interleaved "
-             "rounds against the fp32 model measured in the same rounds (speed-up = fp32 / this; "p10": the same "
+             "rounds against the fp32 model measured in the same rounds (speed-up = fp32 / this; 'p10': the same "
              "ratio of 10th percentiles, a second interleaved series, steadier on a shared machine).", "",
              "| model | pass | weight bytes | x fewer | file bytes | latency ms | fp32 ms | speed-up | speed-up p10 "
              "| cosine | accuracy | drop (points) |",

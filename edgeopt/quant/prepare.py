@@ -86,3 +86,19 @@ def prepare_float(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelP
             work = candidate
             done.append(label)
     return name_nodes(work), done
+
+
+def fold_batchnorm_first(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, str]:
+    """Fold BatchNormalization into the weights before they are quantized (lossless), so the BN
+    parameters do not stay float and the folded weights are the ones rounded. ('' if nothing folded.)"""
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return model, ""
+    try:
+        folded, label = _fold_batchnorm(model, ctx)
+    except Exception as exc:  # the helper pass failing must not sink the quantization
+        return model, f"fold_batchnorm skipped ({' '.join(str(exc).split())[:120]})"
+    if not label or ort_load_error(folded) is not None:
+        return model, ""
+    left = sum(n.op_type == "BatchNormalization" for n in folded.graph.node)
+    before = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
+    return folded, f"{before - left} BatchNormalization folded first"
