@@ -132,3 +132,21 @@ def test_global_scope_with_a_mapping_is_rejected():
     doc = {"model": "m.onnx", "passes": [{"sparsify": {"sparsity": 1.0}}]}
     with pytest.raises(UserError, match=r"passes\[0\]\.sparsify\.sparsity: must be in \[0, 1\), got 1\.0"):
         parse_recipe(doc, Path("r.yaml"))
+
+
+def test_the_same_weights_go_before_and_after_fold_batchnorm():
+    """Magnitudes count the BN scale after the layer, so folding first does not change which weights go."""
+    net = Net()
+    c = net.conv("x", 3, 8, "conv1")
+    scale = np.array([0.05, 4.0, 0.1, 3.0, 1.0, 0.02, 2.0, 0.5], np.float32)
+    bn = net.node("BatchNormalization", [c, net.const("bn.s", scale), net.w("bn.b", 8), net.w("bn.m", 8),
+                                         net.const("bn.v", np.ones(8, np.float32))], ["bn"], "bn")
+    r = net.node("Relu", [bn], ["r"], "relu")
+    model = net.head(net.conv(r, 8, 8, "conv2"), 8)
+    fold = get_pass("fold_batchnorm")
+    folded = fold().apply(model, fold.Params(), PassContext()).model
+    for scope in ("per_layer", "global"):
+        plain = weights_by_node(apply(model, sparsity=0.5, scope=scope).model)["conv1"] == 0
+        after_fold = weights_by_node(apply(folded, sparsity=0.5, scope=scope).model)["conv1"] == 0
+        np.testing.assert_array_equal(plain, after_fold)
+        assert plain[[0, 5]].mean() > 0.9 and plain[[1, 3]].mean() < 0.2  # small-BN-scale channels lose most

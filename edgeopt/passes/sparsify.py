@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from edgeopt.graph.edit import add_initializer, const_array, to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.prune.criteria import folded_scale
 from edgeopt.prune.groups import node_label
 from edgeopt.prune.plan import match
 
@@ -70,7 +71,8 @@ class Sparsify(Pass):
     summary = "Zero the smallest weights of Conv/Gemm/MatMul layers to a target sparsity (fine-grained)"
     description = (
         "Magnitude pruning of single weights, per layer or with one global threshold, or in the 2:4 "
-        "pattern. Shapes and MACs do not change: fine-grained sparsity pays only where the weights are "
+        "pattern; a weight's magnitude counts the scale of a BatchNormalization right after its layer, so "
+        "the result is the same before or after fold_batchnorm. Shapes and MACs do not change: fine-grained sparsity pays only where the weights are "
         "stored compressed (a device profile with sparse_weights: true) or the hardware skips zeros. "
         "The notes give, per layer, the dense bytes and the sparse-encoded bytes (non-zeros plus a "
         "bitmask or 16-bit indices); the profiler counts the sparse bytes only on such devices. "
@@ -99,6 +101,7 @@ class Sparsify(Pass):
                 continue
             entry = weights.setdefault(value.name, {"array": arr, "nodes": [], "in_axis": self._in_axis(node)})
             entry["nodes"].append(node)
+            entry["importance"] = self._importance(arr, node) if len(entry["nodes"]) == 1 else np.abs(arr)
 
         targets: dict[str, float] = {}
         for name, entry in weights.items():
@@ -149,6 +152,17 @@ class Sparsify(Pass):
         return PassResult(to_proto(ir_model), True, notes, summary)
 
     @staticmethod
+    def _importance(arr: np.ndarray, node: ir.Node) -> np.ndarray:
+        """|w|, times the scale of a BatchNormalization right after (as if folded: same ranking either way)."""
+        scale = folded_scale(node)
+        out_axis = {"Conv": 0, "MatMul": 1}.get(node.op_type, 1 - Sparsify._in_axis(node))
+        if scale is None or arr.ndim < 2 or len(scale) != arr.shape[out_axis]:
+            return np.abs(arr)
+        shape = [1] * arr.ndim
+        shape[out_axis] = len(scale)
+        return np.abs(arr) * np.abs(scale).reshape(shape)
+
+    @staticmethod
     def _in_axis(node: ir.Node) -> int:
         if node.op_type == "Conv":
             return 1
@@ -174,7 +188,7 @@ class Sparsify(Pass):
             names = [n for n in targets]
             if not names:
                 return out
-            mags = np.concatenate([np.abs(weights[n]["array"]).reshape(-1).astype(np.float64) for n in names])
+            mags = np.concatenate([weights[n]["importance"].reshape(-1).astype(np.float64) for n in names])
             drop = _smallest(mags, int(math.floor(float(params.sparsity) * mags.size)))
             mask = np.ones(mags.size, dtype=bool)
             mask[drop] = False
@@ -188,6 +202,6 @@ class Sparsify(Pass):
         for name, target in targets.items():
             arr = weights[name]["array"]
             flat = arr.reshape(-1).copy()
-            flat[_smallest(np.abs(flat), int(math.floor(target * flat.size)))] = 0
+            flat[_smallest(weights[name]["importance"].reshape(-1), int(math.floor(target * flat.size)))] = 0
             out[name] = flat.reshape(arr.shape)
         return out

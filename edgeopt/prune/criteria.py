@@ -40,9 +40,28 @@ def _normalized(scores: list[np.ndarray]) -> np.ndarray:
     return np.mean(out, axis=0)
 
 
+def folded_scale(node) -> np.ndarray | None:
+    """gamma / sqrt(var + eps) of the BatchNormalization that alone reads the node's output, if any.
+
+    Weight magnitudes mean what they say only once a BN is folded into them; with this factor,
+    l1 / l2 and sparsify rank the same whether or not fold_batchnorm ran first.
+    """
+    uses = list(node.outputs[0].uses())
+    if len(uses) != 1 or uses[0].node.op_type != "BatchNormalization" or uses[0].idx != 0:
+        return None
+    bn = uses[0].node
+    gamma, var = const_array(bn.inputs[1]), const_array(bn.inputs[4])
+    if gamma is None or var is None:
+        return None
+    eps = bn.attributes.get("epsilon")
+    return gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + (eps.value if eps is not None else 1e-5))
+
+
 def _rows(group_source) -> np.ndarray:
     w = const_array(group_source.weight).astype(np.float64)
-    return np.moveaxis(w, group_source.out_axis, 0).reshape(w.shape[group_source.out_axis], -1)
+    rows = np.moveaxis(w, group_source.out_axis, 0).reshape(w.shape[group_source.out_axis], -1)
+    scale = folded_scale(group_source.node)
+    return rows if scale is None or len(scale) != len(rows) else rows * np.abs(scale)[:, None]
 
 
 def magnitude(group: ChannelGroup, order: int) -> np.ndarray:
