@@ -79,10 +79,11 @@ class PruneChannels(Pass):
         notes.append(NodeNote("(model)", "-", "measured", "MAC layers (Conv, Gemm, MatMul) before and after", {
             "macs_before": out.macs_before, "macs_after": out.macs_after, "macs_saved": saved,
             "channels_before": out.channels_before, "channels_removed": out.channels_removed}))
-        pct = 100 * out.channels_removed / out.channels_before if out.channels_before else 0.0
-        summary = (f"removed {out.channels_removed} of {out.channels_before} channels ({pct:.1f}%) in "
-                   f"{len(groups)} groups; MACs {out.macs_before:,} -> {out.macs_after:,} "
-                   f"(saved {saved:,}, {100 * share:.1f}%)")
+        prunable = sum(p.group.length * len(p.group.sources) for p in out.plans if p.group.prunable)
+        pct = 100 * out.channels_removed / prunable if prunable else 0.0
+        summary = (f"removed {out.channels_removed} of {prunable} prunable channels ({pct:.1f}%; "
+                   f"{out.channels_before} in all) in {len(groups)} groups; MACs {out.macs_before:,} -> "
+                   f"{out.macs_after:,} (saved {saved:,}, {100 * share:.1f}%)")
         if frozen:
-            summary += f"; {len(frozen)} groups frozen"
+            summary += f"; {len(frozen)} group{'s' if len(frozen) > 1 else ''} frozen (see notes)"
         return PassResult(out.model, bool(groups), notes, summary)

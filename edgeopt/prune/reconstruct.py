@@ -115,6 +115,7 @@ class _Fit:
 
     def note(self, op: str, rel_after: float, reason: str = "least squares on calibration data") -> NodeNote:
         rel_before = float(np.sqrt(self.sse_before / max(self.eq.ttt, 1e-24)))
+        reason += f": relative output error {rel_before:.3g} -> {rel_after:.3g}"
         return NodeNote("", op, "refitted", reason, {"rows": self.eq.rows, "rel_error_before": round(rel_before, 5),
                                                      "rel_error_after": round(rel_after, 5)})
 
