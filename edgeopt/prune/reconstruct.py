@@ -20,7 +20,7 @@ from edgeopt.prune.groups import _attr, node_label
 from edgeopt.prune.im2col import conv_geometry, patches, sample_positions
 from edgeopt.prune.probe import Probe, subsample
 
-RIDGE = 1e-4  # relative to the mean diagonal of A^T A
+RIDGE = 1e-3  # relative to the mean diagonal of A^T A (1e-4..1e-2 within 0.4 points on the digits nets)
 MAX_ROWS = 20000  # regression rows per layer (sampled output positions)
 CHUNK = 64  # calibration samples per onnxruntime run: memory stays bounded on big models
 
