@@ -1,8 +1,8 @@
 """split_depthwise / split_spatial: conv MACs against test accuracy on the VGG-style digits net,
 exactness at full size on the sample models, and onnxruntime latency on the builder ResNet-50.
 
-    .venv/bin/python bench/bench_split.py            # everything (~5-10 min on 2 shared cores)
-    .venv/bin/python bench/bench_split.py --no-resnet
+    .venv/bin/python bench/bench_split.py                 # everything (~10 min on 2 shared cores)
+    .venv/bin/python bench/bench_split.py --parts digits  # one part: exact, digits, resnet
 
 Prints the tables and writes bench/RESULTS_split.md. The passes fit on
 sample_models/digits_calib.npz (as `data`); accuracy is measured on
@@ -83,19 +83,15 @@ def digits_tradeoff(out: list[str]) -> None:
     with_data = PassContext(data=calib, input_shapes=SHAPE, seed=0)
     weights_only = PassContext(input_shapes=SHAPE, seed=0)
     settings = []
-    for budget in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
-        settings.append(("split_depthwise", f"auto, max_error {budget}, data", with_data, {"max_error": budget}))
-    for m in (1, 2, 3, 4):
-        settings.append(("split_depthwise", f"m={m}, data", with_data,
-                         {"depth_multiplier": m, "max_error": 100.0, "min_macs_saving": 0.0}))
-    for budget in (0.2, 0.3, 0.5):
-        settings.append(("split_depthwise", f"auto, max_error {budget}, weights only", weights_only,
-                         {"max_error": budget}))
-    for budget in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
-        settings.append(("split_spatial", f"auto, max_error {budget}, data", with_data, {"max_error": budget}))
-    for budget in (0.2, 0.3, 0.5):
-        settings.append(("split_spatial", f"auto, max_error {budget}, weights only", weights_only,
-                         {"max_error": budget}))
+    for name in ("split_depthwise", "split_spatial"):
+        for budget in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+            settings.append((name, f"auto, max_error {budget}, data", with_data, {"max_error": budget}))
+        if name == "split_depthwise":
+            for m in (1, 2, 3, 4):
+                settings.append((name, f"m={m}, data", with_data,
+                                 {"depth_multiplier": m, "max_error": 100.0, "min_macs_saving": 0.0}))
+        for budget in (0.3, 0.5, 0.7):
+            settings.append((name, f"auto, max_error {budget}, weights only", weights_only, {"max_error": budget}))
     rows, best = [], {}
     for name, label, ctx, params in settings:
         result, seconds = apply(name, model, ctx, **params)
@@ -147,43 +143,51 @@ def resnet_latency(out: list[str], budget: float = 0.7) -> None:
     feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
     ref = outputs(model, feeds)
 
-    def latency(m):
-        # median over 3 series, each itself a median of a time-budgeted run (1 ORT thread, CPU clock)
-        session = make_session(m)
-        return statistics.median(measure_latency(session, feeds, max_seconds=4.0, min_runs=5) for _ in range(3))
-
-    base_ms, base_macs = latency(model), profile_model(model, None, shapes).totals["macs"]
-    rows = [["ResNet-50 (BN folded)", "-", f"{base_macs / 1e9:.3f}", "1.00x", f"{base_ms:.1f}", "1.00x", "-"]]
+    variants = [("ResNet-50 (BN folded)", model, None)]
     for name in ("split_depthwise", "split_spatial"):
         result, seconds = apply(name, model, PassContext(input_shapes=shapes), max_error=budget)
-        macs = profile_model(result.model, None, shapes).totals["macs"]
-        ms = latency(result.model)
-        split = sum(n.action == "split" for n in result.notes)
-        got = outputs(result.model, feeds)
+        print(f"{name}: {result.summary} ({seconds:.0f} s)", flush=True)
+        variants.append((f"{name} (max_error {budget}, weights)", result.model, result))
+    # Interleaved rounds (A B C A B C ...) so drift in the machine's load hits every model alike;
+    # each figure is a median over rounds of a time-budgeted median (1 ORT thread, CPU clock).
+    sessions = [make_session(m) for _, m, _ in variants]
+    rounds: list[list[float]] = [[] for _ in variants]
+    for _ in range(5):
+        for i, session in enumerate(sessions):
+            rounds[i].append(measure_latency(session, feeds, max_seconds=3.0, min_runs=3))
+    base_ms, base_macs = statistics.median(rounds[0]), profile_model(model, None, shapes).totals["macs"]
+    rows = []
+    for (label, m, result), times in zip(variants, rounds):
+        ms, macs = statistics.median(times), profile_model(m, None, shapes).totals["macs"]
+        got = outputs(m, feeds)
         cos = float(np.dot(got.ravel(), ref.ravel()) / (np.linalg.norm(got) * np.linalg.norm(ref)))
-        rows.append([f"{name} (max_error {budget}, weights)", f"{split} of 53", f"{macs / 1e9:.3f}",
-                     f"{base_macs / macs:.2f}x", f"{ms:.1f}", f"{base_ms / ms:.2f}x", f"{cos:.3f}"])
-        print(" | ".join(str(c) for c in rows[-1]), f"(pass {seconds:.0f} s)", flush=True)
+        split = "-" if result is None else f"{sum(n.action == 'split' for n in result.notes)} of 53"
+        rows.append([label, split, f"{macs / 1e9:.3f}", f"{base_macs / macs:.2f}x", f"{ms:.1f}",
+                     f"{min(times):.1f}-{max(times):.1f}", f"{base_ms / ms:.2f}x", f"{cos:.3f}"])
+        print(" | ".join(str(c) for c in rows[-1]), flush=True)
     out.append("### Builder ResNet-50 (random weights): MACs and measured onnxruntime latency\n")
-    out.append("Input 1x3x224x224, onnxruntime CPU, 1 intra-op thread, CPU-clock median of three 4-second series. "
+    out.append("Input 1x3x224x224, onnxruntime CPU (full graph optimizations), 1 intra-op thread, CPU clock; "
+               "median of 5 interleaved rounds, each the median of a 3-second series. "
                "Random weights have flat singular spectra, so a weights-only budget splits few layers "
                "(most 3x3 layers need m or r near full to stay under it); the budget here is loose on purpose "
                "to compare MACs with latency, and the cosine (logits vs unsplit, one random input) shows "
                "what that costs on random weights.\n")
-    out.append(table(["model", "convs split", "GMACs", "fewer MACs", "latency ms", "speed-up", "cosine"], rows))
+    out.append(table(["model", "convs split", "GMACs", "fewer MACs", "latency ms (median)", "range over rounds",
+                      "speed-up", "cosine"], rows))
     out.append("")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-resnet", action="store_true", help="skip the ResNet-50 latency part")
+    parser.add_argument("--parts", default="exact,digits,resnet",
+                        help="comma-separated parts to run: exact, digits, resnet (default: all)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     out = ["## split_depthwise / split_spatial (issue 6)\n", f"Machine: {describe()}\n",
-           "Command: `.venv/bin/python bench/bench_split.py`\n"]
-    exactness(out)
-    digits_tradeoff(out)
-    if not args.no_resnet:
-        resnet_latency(out)
+           f"Command: `.venv/bin/python bench/bench_split.py{'' if len(parts) == 3 else ' --parts ' + args.parts}`\n"]
+    for part, run in (("exact", exactness), ("digits", digits_tradeoff), ("resnet", resnet_latency)):
+        if part in parts:
+            run(out)
     text = "\n".join(out)
     print(text)
     (HERE / "RESULTS_split.md").write_text(text + "\n")

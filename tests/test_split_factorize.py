@@ -4,7 +4,6 @@ rank, error curves, patch extraction against onnxruntime, and the data-weighted 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -134,12 +133,13 @@ def test_data_weighted_fit_beats_weights_only_on_the_output():
         plain = split_depthwise(w, b, m)
         weighted = split_depthwise(w, b, m, patches)
         assert weighted.error_on == "output" and weighted.refitted
-        assert weighted.error == pytest.approx(output_error(depthwise_product(weighted), weighted.bias), rel=1e-3)
+        # the reported error is measured on the quarter of the patches the fit did not see
+        assert weighted.error == pytest.approx(output_error(depthwise_product(weighted), weighted.bias), rel=0.05)
         assert weighted.error < 0.8 * output_error(depthwise_product(plain), b)
     for r in (2, 4):
         plain = split_spatial(w, b, r)
         weighted = split_spatial(w, b, r, patches)
-        assert weighted.error == pytest.approx(output_error(spatial_product(weighted), weighted.bias), rel=1e-3)
+        assert weighted.error == pytest.approx(output_error(spatial_product(weighted), weighted.bias), rel=0.05)
         assert weighted.error < 0.8 * output_error(spatial_product(plain), b)
 
 
@@ -176,3 +176,24 @@ def test_choose_size_takes_the_smallest_within_budget_and_says_why_not():
                               "exceeds max_error 0.2")
     fixed = choose_size(4, 3, saving, Fit, max_error=1.0, min_saving=0.1)
     assert fixed.split is None and fixed.reason == "m=3 saves 0% of the layer's MACs, less than min_macs_saving 10%"
+
+
+def test_thin_calibration_falls_back_towards_the_weights_fit():
+    # 6 patches for a layer with C*KH = 48: an unshrunk whitened fit would match those 6 and
+    # generalize badly; the shrunk one must do about as well as the weights-only fit on fresh data.
+    rng = np.random.default_rng(7)
+    o, c, k = 16, 16, 3
+    w = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    thin = correlated_patches(rng, 6, c, k)
+    fresh = correlated_patches(rng, 3000, c, k).astype(np.float64)
+    target = np.einsum("sckl,ockl->so", fresh, w)
+
+    def fresh_error(product, bias):
+        approx = np.einsum("sckl,ockl->so", fresh, product) + (0 if bias is None else bias)
+        return np.linalg.norm(approx - target) / np.linalg.norm(target)
+
+    for rank in (4, 8, 16):
+        weighted = split_spatial(w, None, rank, thin)
+        assert not weighted.refitted  # 6 patches cannot refit 3*rank weights per output
+        assert fresh_error(spatial_product(weighted), weighted.bias) <= 1.1 * fresh_error(
+            spatial_product(split_spatial(w, None, rank)), None)

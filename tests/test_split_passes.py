@@ -166,44 +166,50 @@ def test_auto_takes_the_smallest_size_within_the_weight_budget(cls):
 
 @pytest.mark.parametrize("cls", [DEPTHWISE, SPATIAL], ids=["depthwise", "spatial"])
 def test_with_data_the_reported_error_is_the_layer_output_error(cls):
-    # A single conv on data small enough that every output position is a calibration patch:
-    # the note's error is then exactly the relative error onnxruntime measures on the output.
+    # The note's error is measured on calibration patches the fit did not see, so it predicts the
+    # relative output error onnxruntime measures on fresh inputs from the same distribution.
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Conv", ["input", "w", "b"], ["out"], name="conv", pads=[1, 1, 1, 1])]
     model = make(nodes, [init(rng, "w", (12, 5, 3, 3)), init(rng, "b", (12,))], ["N", 5, 8, 8])
-    base = rng.standard_normal((40, 5, 1, 1)) * rng.uniform(0.3, 3.0, (1, 5, 1, 1))
-    x = {"input": (base + 0.4 * rng.standard_normal((40, 5, 8, 8))).astype(np.float32)}
+    scales = rng.uniform(0.3, 3.0, (1, 5, 1, 1))
+
+    def inputs(n: int) -> dict[str, np.ndarray]:
+        base = rng.standard_normal((n, 5, 1, 1)) * scales
+        return {"input": (base + 0.4 * rng.standard_normal((n, 5, 8, 8))).astype(np.float32)}
+
+    calib, fresh = inputs(80), inputs(200)
     size = {SIZE[cls.name]: 2}
     weights_only = apply(cls, model, max_error=1.0, min_macs_saving=0.0, **size)
-    with_data = apply(cls, model, data=x, max_error=1.0, min_macs_saving=0.0, **size)
+    with_data = apply(cls, model, data=calib, max_error=1.0, min_macs_saving=0.0, **size)
     figures = note(with_data, "conv").figures
     assert figures["error_on"] == "output" and figures["refitted"] is True
-    reference = run(model, x)
-    measured = rel_error(run(with_data.model, x), reference)
-    assert measured == pytest.approx(figures["error"], rel=1e-3)
+    reference = run(model, fresh)
+    measured = rel_error(run(with_data.model, fresh), reference)
+    assert measured == pytest.approx(figures["error"], rel=0.15)  # an estimate from 20 held-out images
     # at the same size, weighting by the data gives a clearly smaller output error
-    assert measured < 0.8 * rel_error(run(weights_only.model, x), reference)
+    assert measured < 0.9 * rel_error(run(weights_only.model, fresh), reference)
     # and auto picks the smallest size within the output budget
-    budgeted = apply(cls, model, data=x, max_error=measured + 1e-6, min_macs_saving=0.0)
+    budgeted = apply(cls, model, data=calib, max_error=figures["error"] + 1e-6, min_macs_saving=0.0)
     assert note(budgeted, "conv").figures[SIZE[cls.name]] <= 2
-    assert rel_error(run(budgeted.model, x), reference) <= measured + 1e-6
+    assert rel_error(run(budgeted.model, fresh), reference) <= 1.1 * figures["error"]
 
 
 @pytest.mark.parametrize("cls", [DEPTHWISE, SPATIAL], ids=["depthwise", "spatial"])
 def test_with_data_later_layers_are_fitted_towards_the_original_model(cls):
-    # conv2 writes the graph output and every output position is sampled, so its note's error is the
-    # model's relative output error against the original, and inherited_error that of the model with
-    # only conv1 split (conv2 unsplit on conv1's changed output).
+    # conv2 writes the graph output and every output position is sampled (a quarter of them held out
+    # for the error), so its note's error is the model's relative output error against the original,
+    # and inherited_error that of the model with only conv1 split (conv2 unsplit on conv1's output).
     model, x = two_convs(), feeds(n=6)
-    size = {SIZE[cls.name]: 2}
+    fixed = {"split_depthwise": 2, "split_spatial": 5}[cls.name]  # sizes where the budget test below bites
+    size = {SIZE[cls.name]: fixed}
     both = apply(cls, model, data=x, max_error=10.0, min_macs_saving=-1.0, **size)
     only_first = apply(cls, model, data=x, max_error=10.0, min_macs_saving=-1.0, exclude=["conv2"], **size)
     reference = run(model, x)
     inherited = rel_error(run(only_first.model, x), reference)
     figures = note(both, "conv2").figures
     assert inherited > 0.05
-    assert figures["inherited_error"] == pytest.approx(inherited, rel=1e-3)
-    assert figures["error"] == pytest.approx(rel_error(run(both.model, x), reference), rel=1e-3)
+    assert figures["inherited_error"] == pytest.approx(inherited, rel=0.1)
+    assert figures["error"] == pytest.approx(rel_error(run(both.model, x), reference), rel=0.1)
     assert "inherited_error" not in note(both, "conv1").figures
     # a budget conv1 and conv2 each meet on their own, but conv2 not after conv1's split:
     # conv2 is left alone, and its reason names the inherited error
@@ -216,8 +222,9 @@ def test_with_data_later_layers_are_fitted_towards_the_original_model(cls):
     assert note(chained, "conv1").action == "split"
     skipped = note(chained, "conv2")
     assert skipped.action == "skipped"
-    assert skipped.reason == (f"output error {figures['error']:.3g} at {SYMBOL[cls.name]}=2 exceeds "
-                              f"max_error {budget:g}; the unsplit layer is already at {inherited:.3g} "
+    assert skipped.reason == (f"output error {figures['error']:.3g} at {SYMBOL[cls.name]}={fixed} exceeds "
+                              f"max_error {budget:g}; the unsplit layer is already at "
+                              f"{figures['inherited_error']:.3g} "
                               "from the earlier splits")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+from edgeopt.graph.activations import collect_activations
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.verify.runtime import make_session, run_batched
 
@@ -91,3 +92,39 @@ def test_vgg_digits_three_times_fewer_conv_macs_within_two_points(pass_name, par
     assert base >= 0.99
     assert base - acc <= 0.02
     assert all(n.figures["error_on"] == "output" for n in result.notes if n.action == "split")
+
+
+@pytest.mark.slow
+def test_builder_resnet18_exact_at_full_size_and_data_fit_on_wide_layers():
+    from edgeopt.zoo import build_resnet18
+
+    shapes = {"input": [1, 3, 64, 64]}
+    fold = get_pass("fold_batchnorm")
+    model = fold().apply(build_resnet18(resolution=64, calibration_images=8), fold.Params(),
+                         PassContext(input_shapes=shapes)).model
+    x = {"input": np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)}
+    reference = logits(model, x)
+    scale = max(1.0, float(np.abs(reference).max()))
+    cls = get_pass("split_depthwise")
+    exact = cls().apply(model, cls.Params(depth_multiplier=10 ** 6, min_macs_saving=-100.0),
+                        PassContext(input_shapes=shapes)).model
+    assert sum(n.op_type == "Conv" for n in exact.graph.node) == 20 + 17  # the 17 KxK convs became pairs
+    assert np.abs(logits(exact, x) - reference).max() <= 1e-4 * scale
+
+    # A 512-channel layer with 8 calibration images (2x2 outputs: 32 patches, far fewer than the
+    # 4608 inputs of a patch): the fit falls back towards the weights, so the error it reports on the
+    # calibration data holds on fresh inputs too.
+    cls = get_pass("split_spatial")
+    keep = "layer4.1.conv2"
+    names = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name != keep]
+    result = cls().apply(model, cls.Params(max_error=0.6, exclude=names), PassContext(data=x, input_shapes=shapes))
+    onnx.checker.check_model(result.model, full_check=True)
+    (note,) = [n for n in result.notes if n.action == "split"]
+    assert note.node == keep and note.figures["error"] <= 0.6 and not note.figures["refitted"]
+    assert note.figures["rank"] < 768 and note.figures["macs_after"] < note.figures["macs_before"]
+    fresh = {"input": np.random.default_rng(1).standard_normal((8, 3, 64, 64)).astype(np.float32)}
+    out = next(n.output[0] for n in model.graph.node if n.name == keep)
+    before = collect_activations(model, [out], fresh)[out]
+    after = collect_activations(result.model, [out], fresh)[out]
+    fresh_error = np.linalg.norm(after - before) / np.linalg.norm(before)
+    assert fresh_error <= note.figures["error"] + 0.05

@@ -104,9 +104,15 @@ def conv_layer(node: ir.Node, shapes: dict[str, list[int]]) -> ConvLayer | str:
                      bn_follows=consumer is not None and consumer.op_type == "BatchNormalization")
 
 
+@dataclass
+class LayerPatches:
+    values: np.ndarray  # [S, C, KH, KW] float32
+    images: np.ndarray  # [S] index of the calibration input each patch comes from
+
+
 def collect_patches(model: onnx.ModelProto, layers: list[ConvLayer], feeds: dict[str, np.ndarray],
-                    seed: int) -> dict[str, np.ndarray]:
-    """Patches [S, C, KH, KW] each layer sees on the calibration data, keyed by layer name.
+                    seed: int) -> dict[str, LayerPatches]:
+    """Patches each layer sees on the calibration data, keyed by layer name.
 
     Runs the model on up to CALIBRATION_SAMPLES inputs in chunks, so memory
     stays bounded on big models, and samples up to PATCHES_PER_LAYER output
@@ -118,7 +124,7 @@ def collect_patches(model: onnx.ModelProto, layers: list[ConvLayer], feeds: dict
     total = min(len(next(iter(feeds.values()))), CALIBRATION_SAMPLES)
     rngs = {layer.name: np.random.default_rng([seed, zlib.crc32(layer.name.encode())]) for layer in layers}
     wanted = sorted({layer.input_name for layer in layers if layer.input_name not in feeds})
-    parts: dict[str, list[np.ndarray]] = {layer.name: [] for layer in layers}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {layer.name: [] for layer in layers}
     budget = {layer.name: min(PATCHES_PER_LAYER, PATCH_FLOATS // layer.weight[0].size) for layer in layers}
     for start in range(0, total, CALIBRATION_CHUNK):
         stop = min(start + CALIBRATION_CHUNK, total)
@@ -128,5 +134,7 @@ def collect_patches(model: onnx.ModelProto, layers: list[ConvLayer], feeds: dict
         for layer in layers:
             share = budget[layer.name] * stop // total - budget[layer.name] * start // total
             x = np.asarray(values[layer.input_name], dtype=np.float32)
-            parts[layer.name].append(sample_patches(x, layer.geometry, share, rngs[layer.name]))
-    return {name: np.concatenate(p) for name, p in parts.items()}
+            picked, samples = sample_patches(x, layer.geometry, share, rngs[layer.name], return_samples=True)
+            parts[layer.name].append((picked, samples + start))
+    return {name: LayerPatches(np.concatenate([v for v, _ in p]), np.concatenate([i for _, i in p]))
+            for name, p in parts.items()}

@@ -30,8 +30,9 @@ class Splitter(Protocol):
     def macs_after(self, layer: ConvLayer, size: int) -> int | None: ...
     def saving(self, layer: ConvLayer, size: int) -> float: ...  # fraction of the layer's MACs saved
     # an object with .full (the exact size), .weight_errors() (per size), .inherited_error and
-    # .split(size) -> a split; patches / reference as in factorize.depthwise.DepthwiseFactorizer
-    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None, reference: np.ndarray | None) -> Any: ...
+    # .split(size) -> a split; patches / reference / images as in factorize.depthwise.DepthwiseFactorizer
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None, reference: np.ndarray | None,
+                   images: np.ndarray | None) -> Any: ...
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: Any, namer: "Namer") -> None: ...
 
 
@@ -104,16 +105,18 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
     namer = Namer(graph)
     done, macs_before, macs_after, bn_layers = 0, 0, 0, 0
     for layer in layers:
-        layer_patches = reference.get(layer.name)
-        if layer_patches is not None and done:  # what this layer sees now, at the same positions
+        original = reference.get(layer.name)
+        if original is None:
+            factorizer = splitter.factorizer(layer, None, None, None)
+        elif not done:
+            factorizer = splitter.factorizer(layer, original.values, None, original.images)
+        else:  # what this layer sees now, at the same positions
             current = collect_patches(ir.to_proto(ir_model), [layer], ctx.data, ctx.seed)[layer.name]
-            factorizer = splitter.factorizer(layer, current, layer_patches)
-        else:
-            factorizer = splitter.factorizer(layer, layer_patches, None)
+            factorizer = splitter.factorizer(layer, current.values, original.values, original.images)
         choice = choose_size(
             factorizer.full, requested, lambda s, layer=layer: splitter.saving(layer, s), factorizer.split,
             params.max_error, params.min_macs_saving,
-            weight_errors=None if layer_patches is not None else factorizer.weight_errors(),
+            weight_errors=None if original is not None else factorizer.weight_errors(),
             what=splitter.what)
         before = layer.macs()
         figures: dict = {"macs_before": before}

@@ -24,16 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeopt.factorize.lowrank import (
-    LowRank,
-    output_target,
-    refit_linear,
-    relative_error,
-    second_moment,
-    whitening_factor,
-)
-
-MAX_REFIT = 4096  # largest pointwise fan-in (C*m) refitted by least squares
+from edgeopt.factorize.calibration import CalibrationFit
+from edgeopt.factorize.lowrank import LowRank, second_moment, whitening_factor
 
 
 @dataclass
@@ -67,28 +59,26 @@ class DepthwiseFactorizer:
 
     weight [O, C, KH, KW]; patches [S, C, KH, KW] (from `sample_patches`)
     make the fit data-weighted and the error that of the layer output;
-    reference [S, C, KH, KW] (same positions, original model) sets the target.
+    reference [S, C, KH, KW] (same positions, original model) sets the target;
+    images [S] (the calibration input of each patch) decides what is held out.
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None,
-                 reference: np.ndarray | None = None):
+                 reference: np.ndarray | None = None, images: np.ndarray | None = None):
         self.shape = weight.shape
-        self.weight, self.bias = weight, bias
+        self.bias = bias
         self.per_channel = _per_channel(weight)
         self.plain = LowRank(self.per_channel)
         self.full = full_multiplier(weight)
-        self.patches = None if patches is None else np.asarray(patches, dtype=np.float64)
-        self.whitened = self.chol = None
+        self.calibration = self.whitened = self.chol = None
         self.inherited_error = 0.0
-        if self.patches is not None:
+        if patches is not None:
             o, c, kh, kw = self.shape
-            self.xc = self.patches.reshape(len(self.patches), c, kh * kw)
-            self.chol = whitening_factor(second_moment(self.xc))  # [C, KK, KK]
+            self.calibration = CalibrationFit(weight, bias, patches, reference, images)
+            self.inherited_error = self.calibration.inherited_error
+            xc = self.calibration.fit_patches.reshape(-1, c, kh * kw)
+            self.chol = whitening_factor(second_moment(xc), len(xc))  # [C, KK, KK]
             self.whitened = LowRank(self.per_channel @ self.chol)
-            self.target, self.inherited_error = output_target(weight, self._bias(), self.patches, reference)
-
-    def _bias(self) -> np.ndarray:
-        return np.zeros(self.shape[0]) if self.bias is None else self.bias.astype(np.float64)
 
     def weight_errors(self) -> np.ndarray:
         """Relative weight error for m = 0 .. full (weights-only fits)."""
@@ -107,15 +97,18 @@ class DepthwiseFactorizer:
         pointwise = left.transpose(1, 0, 2).reshape(o, c * m)
         bias = None if self.bias is None else self.bias.astype(np.float64)
         refitted = False
-        if self.patches is None:
+        if self.calibration is None:
             error, error_on = float(self.weight_errors()[m]), "weights"
         else:
-            z = np.einsum("sck,cjk->scj", self.xc, right).reshape(len(self.xc), c * m)
-            if not exact and c * m <= MAX_REFIT and len(z) >= 2 * (c * m + 1):
-                pointwise, bias = refit_linear(z, self.target, pointwise, self._bias())
-                refitted = True
-            approx = z @ pointwise.T + (self._bias() if bias is None else bias)
-            error, error_on = relative_error(approx, self.target), "output"
+            def depthwise_outputs(patches: np.ndarray) -> np.ndarray:
+                return np.einsum("sck,cjk->scj", patches.reshape(len(patches), c, kh * kw), right).reshape(
+                    len(patches), c * m)
+
+            pointwise, bias, error, refitted = self.calibration.finish(depthwise_outputs, pointwise,
+                                                                       allow_refit=not exact)
+            if not refitted and self.bias is None:
+                bias = None
+            error_on = "output"
         return DepthwiseSplit(
             depthwise=right.reshape(c * m, 1, kh, kw).astype(np.float32),
             pointwise=pointwise.reshape(o, c * m, 1, 1).astype(np.float32),

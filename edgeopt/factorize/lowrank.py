@@ -20,31 +20,22 @@ def second_moment(x: np.ndarray) -> np.ndarray:
     return (moved @ np.swapaxes(moved, -1, -2)) / max(x.shape[0], 1)
 
 
-def output_target(weight: np.ndarray, bias: np.ndarray, patches: np.ndarray,
-                  reference: np.ndarray | None) -> tuple[np.ndarray, float]:
-    """The conv outputs [S, O] a split should reproduce, and the error the unsplit layer already has.
+def whitening_factor(moment: np.ndarray, samples: int) -> np.ndarray:
+    """Lower-triangular L with L L^T = the moment shrunk towards a multiple of the identity.
 
-    Without reference, the target is the layer's own output on `patches`
-    (error 0). With reference (the patches at the same positions in the
-    original model), it is the original model's output there, and the
-    second value is how far the unsplit layer on `patches` is from it:
-    the error inherited from earlier splits.
+    Estimated from `samples` vectors of dimension D, a second moment is
+    trustworthy when samples >> D; with few samples the whitened fit would
+    match the calibration data and nothing else. Shrinking by D / (D +
+    samples) (Ledoit-Wolf style) makes it fall back smoothly to the
+    weights-only fit (identity weighting) when the data is too thin, and
+    the small ridge keeps dead inputs invertible. Stacks of matrices allowed.
     """
-    flat_w = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    own = patches.reshape(len(patches), -1) @ flat_w.T + bias
-    if reference is None:
-        return own, 0.0
-    target = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1) @ flat_w.T + bias
-    return target, relative_error(own, target)
-
-
-def whitening_factor(moment: np.ndarray) -> np.ndarray:
-    """Lower-triangular L with L L^T = moment + a small ridge (stacks of matrices allowed)."""
     dim = moment.shape[-1]
-    scale = np.trace(moment, axis1=-2, axis2=-1) / dim
-    ridge = RIDGE * np.maximum(scale, 1e-12) + 1e-12
+    shrink = dim / (dim + max(samples, 1))
+    scale = np.maximum(np.trace(moment, axis1=-2, axis2=-1) / dim, 1e-12)
     eye = np.eye(dim)
-    return np.linalg.cholesky(moment + ridge[..., None, None] * eye)
+    target = (shrink + RIDGE) * scale[..., None, None] * eye
+    return np.linalg.cholesky((1.0 - shrink) * moment + target + 1e-12 * eye)
 
 
 def _t(a: np.ndarray) -> np.ndarray:

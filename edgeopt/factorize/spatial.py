@@ -20,16 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeopt.factorize.lowrank import (
-    LowRank,
-    output_target,
-    refit_linear,
-    relative_error,
-    second_moment,
-    whitening_factor,
-)
-
-MAX_REFIT = 4096  # largest horizontal fan-in (r*KW) refitted by least squares
+from edgeopt.factorize.calibration import CalibrationFit
+from edgeopt.factorize.lowrank import LowRank, second_moment, whitening_factor
 
 
 @dataclass
@@ -62,31 +54,27 @@ class SpatialFactorizer:
     """All ranks of one layer from one decomposition (weights-only, or whitened by the patches)."""
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, patches: np.ndarray | None = None,
-                 reference: np.ndarray | None = None):
+                 reference: np.ndarray | None = None, images: np.ndarray | None = None):
         self.shape = weight.shape
         self.bias = bias
         self.matrix = _matrix(weight)
         self.full = full_rank(weight)
-        self.patches = None if patches is None else np.asarray(patches, dtype=np.float64)
         self._plain: LowRank | None = None
-        self.whitened = None
+        self.calibration = self.whitened = None
         self.inherited_error = 0.0
-        if self.patches is not None:
+        if patches is not None:
             o, c, kh, kw = self.shape
-            n = len(self.patches)
-            self.columns = self.patches.transpose(0, 3, 1, 2).reshape(n, kw, c * kh)  # per (sample, kw)
-            self.chol = whitening_factor(second_moment(self.columns.reshape(n * kw, c * kh)))
+            self.calibration = CalibrationFit(weight, bias, patches, reference, images)
+            self.inherited_error = self.calibration.inherited_error
+            columns = _columns(self.calibration.fit_patches).reshape(-1, c * kh)  # one row per (patch, kw)
+            self.chol = whitening_factor(second_moment(columns), len(columns))
             self.whitened = LowRank(self.chol.T @ self.matrix)
-            self.target, self.inherited_error = output_target(weight, self._bias(), self.patches, reference)
 
     @property
     def plain(self) -> LowRank:
         if self._plain is None:
             self._plain = LowRank(self.matrix)
         return self._plain
-
-    def _bias(self) -> np.ndarray:
-        return np.zeros(self.shape[0]) if self.bias is None else self.bias.astype(np.float64)
 
     def weight_errors(self) -> np.ndarray:
         """Relative weight error for r = 0 .. full (weights-only fits)."""
@@ -104,21 +92,28 @@ class SpatialFactorizer:
         horizontal = right.reshape(r, o, kw).transpose(1, 0, 2).reshape(o, r * kw)
         bias = None if self.bias is None else self.bias.astype(np.float64)
         refitted = False
-        if self.patches is None:
+        if self.calibration is None:
             error, error_on = float(self.weight_errors()[r]), "weights"
         else:
-            n = len(self.patches)
-            z = (self.columns @ left).transpose(0, 2, 1).reshape(n, r * kw)  # vertical outputs, (j, kw) order
-            if not exact and r * kw <= MAX_REFIT and n >= 2 * (r * kw + 1):
-                horizontal, bias = refit_linear(z, self.target, horizontal, self._bias())
-                refitted = True
-            approx = z @ horizontal.T + (self._bias() if bias is None else bias)
-            error, error_on = relative_error(approx, self.target), "output"
+            def vertical_outputs(patches: np.ndarray) -> np.ndarray:  # [n, r*KW] in (j, kw) order
+                return (_columns(patches) @ left).transpose(0, 2, 1).reshape(len(patches), r * kw)
+
+            horizontal, bias, error, refitted = self.calibration.finish(vertical_outputs, horizontal,
+                                                                        allow_refit=not exact)
+            if not refitted and self.bias is None:
+                bias = None
+            error_on = "output"
         return SpatialSplit(
             vertical=left.T.reshape(r, c, kh, 1).astype(np.float32),
             horizontal=horizontal.reshape(o, r, 1, kw).astype(np.float32),
             bias=None if bias is None else bias.astype(np.float32),
             rank=r, error=error, error_on=error_on, refitted=refitted)
+
+
+def _columns(patches: np.ndarray) -> np.ndarray:
+    """Patches [n, C, KH, KW] as the vertical conv's inputs [n, KW, C*KH]."""
+    n, c, kh, kw = patches.shape
+    return patches.transpose(0, 3, 1, 2).reshape(n, kw, c * kh)
 
 
 def spatial_weight_errors(weight: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ class SplitDepthwiseParams:
         "auto", "depthwise kernels per input channel (m); `auto` takes per layer the smallest m whose "
                 "error is within max_error; m >= min(out_channels, KH*KW) is exact", ge=1)
     max_error: float = param(
-        0.1, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
+        0.3, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
              "original model's output there (earlier splits included), else of its weights; a layer that "
              "cannot meet it is left alone", gt=0)
     min_macs_saving: float = param(
@@ -53,9 +53,9 @@ class _DepthwiseSplitter:
         o, c, kh, kw = layer.weight.shape
         return layer.batch * depthwise_macs(o, c, (kh, kw), size, layer.out_hw[0] * layer.out_hw[1])
 
-    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None,
-                   reference: np.ndarray | None) -> DepthwiseFactorizer:
-        return DepthwiseFactorizer(layer.weight, layer.bias, patches, reference)
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None, reference: np.ndarray | None,
+                   images: np.ndarray | None) -> DepthwiseFactorizer:
+        return DepthwiseFactorizer(layer.weight, layer.bias, patches, reference, images)
 
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: DepthwiseSplit, namer: Namer) -> None:
         _, c, kh, kw = layer.weight.shape

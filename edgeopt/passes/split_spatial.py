@@ -22,7 +22,7 @@ class SplitSpatialParams:
         "auto", "channels between the Kx1 and the 1xK conv (r); `auto` takes per layer the smallest r "
                 "whose error is within max_error; r >= min(in_channels*KH, out_channels*KW) is exact", ge=1)
     max_error: float = param(
-        0.1, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
+        0.3, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
              "original model's output there (earlier splits included), else of its weights; a layer that "
              "cannot meet it is left alone", gt=0)
     min_macs_saving: float = param(
@@ -64,9 +64,9 @@ class _SpatialSplitter:
         o, c, kh, kw = layer.weight.shape
         return layer.batch * spatial_macs(o, c, (kh, kw), size, layer.out_hw, layer.in_hw[1])
 
-    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None,
-                   reference: np.ndarray | None) -> SpatialFactorizer:
-        return SpatialFactorizer(layer.weight, layer.bias, patches, reference)
+    def factorizer(self, layer: ConvLayer, patches: np.ndarray | None, reference: np.ndarray | None,
+                   images: np.ndarray | None) -> SpatialFactorizer:
+        return SpatialFactorizer(layer.weight, layer.bias, patches, reference, images)
 
     def rewrite(self, graph: ir.Graph, layer: ConvLayer, split: SpatialSplit, namer: Namer) -> None:
         kh, kw = layer.weight.shape[2:]
