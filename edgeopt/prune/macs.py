@@ -1,6 +1,7 @@
 """MACs of the MAC layers (Conv, Gemm, MatMul), counted as the profiler counts them.
 
-Conv: N x Cout x prod(out spatial) x (Cin / group) x prod(kernel); Gemm:
+Conv: N x Cout x prod(out spatial) x (Cin / group) x prod(kernel);
+ConvTranspose: N x Cin x prod(in spatial) x (Cout / group) x prod(kernel); Gemm:
 M x N x K; MatMul: prod(output) x K. A pass may not import the profiler, so
 pruning counts what it saves here; tests check both agree.
 """
@@ -34,7 +35,7 @@ def node_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None 
                 shapes.setdefault(node.output[0], list(numpy_helper.to_array(value).shape))
     out: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
             continue
         y = shapes.get(node.output[0])
         if y is None or any(d is None for d in y):
@@ -44,6 +45,11 @@ def node_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None 
             if w is None or any(d is None for d in w):
                 continue
             out[node.output[0]] = int(math.prod(y) * w[1] * math.prod(w[2:]))
+        elif node.op_type == "ConvTranspose":
+            w, x = shapes.get(node.input[1]), shapes.get(node.input[0])
+            if w is None or x is None or any(d is None for d in list(w) + list(x)):
+                continue
+            out[node.output[0]] = int(math.prod(x) * w[1] * math.prod(w[2:]))
         elif node.op_type == "Gemm":
             a = shapes.get(node.input[0])
             if a is None or a[0 if _attr(node, "transA", 0) else -1] is None:
