@@ -20,7 +20,7 @@ def command(name, fmt):
     if name is None:
         rows = [{"name": n, "lossless": cls.lossless, "summary": cls.summary} for n, cls in registry.items()]
         table = Table("passes", [Column("name", "pass", justify="left"), Column("lossless", "lossless"),
-                                 Column("summary", "summary", justify="left")], rows)
+                                 Column("summary", "summary", justify="left", wrap=True)], rows)
         emit({"passes": rows}, [table], fmt)
         return
     if name not in registry:
@@ -31,9 +31,9 @@ def command(name, fmt):
            "lossless": cls.lossless, "params": params}
     table = Table(
         f"{name}: {cls.summary}",
-        [Column("name", "parameter", justify="left"), Column("type", "type", justify="left"),
+        [Column("name", "parameter", justify="left"), Column("type", "type", justify="left", wrap=True),
          Column("default", "default", justify="left"), Column("bounds", "bounds", justify="left"),
-         Column("help", "help", justify="left")],
+         Column("help", "help", justify="left", wrap=True)],
         params,
         footer=[cls.description.strip()] if cls.description else [],
     )

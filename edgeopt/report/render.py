@@ -20,6 +20,7 @@ class Column:
     header: str
     fmt: Callable[[Any], str] = plain
     justify: str = "right"
+    wrap: bool = False  # long prose (help, summaries) wraps; figures never do
 
 
 @dataclass
@@ -82,7 +83,8 @@ def print_rich(tables: list[Table], stream) -> None:
     for table in tables:
         rich_table = RichTable(title=table.title or None, title_justify="left")
         for col in table.columns:
-            rich_table.add_column(col.header, justify=col.justify, no_wrap=True)
+            rich_table.add_column(col.header, justify=col.justify, no_wrap=not col.wrap,
+                                  ratio=1 if col.wrap else None)
         for row in table.rows:
             rich_table.add_row(*_cells(table, row, human=True))
         console.print(rich_table)
