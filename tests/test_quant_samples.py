@@ -150,3 +150,26 @@ def test_old_exports_weight_passes(stem, test_data, calib_ctx):
         result = _apply(name, model, calib_ctx, **params)
         assert result.modified, result.summary
         assert _acc(model, test_data) - _acc(result.model, test_data) <= 0.03
+
+
+def test_recipe_run_verifies_every_quantization_stage(tmp_path, calib_ctx):
+    """Through the run pipeline: checker, onnxruntime, fidelity and profile after each pass."""
+    from edgeopt.pipeline import RunOptions, run_recipe
+    from edgeopt.recipe.load import parse_recipe
+
+    _model("mobilenet_digits")
+    doc = {"model": str(SAMPLES / "mobilenet_digits.onnx"), "output": str(tmp_path / "out.onnx"),
+           "data": str(SAMPLES / "digits_calib.npz"),
+           "passes": [{"quantize_codebook": {"bits": 4}}, "convert_fp16"],
+           "checks": {"max_accuracy_drop": 0.02}}
+    report = run_recipe(parse_recipe(doc, tmp_path / "r.yaml"), RunOptions(measure=False))
+    stages = report["stages"]
+    assert [s["pass"] for s in stages] == ["input", "quantize_codebook", "convert_fp16"]
+    assert stages[1]["weight_bytes"] < stages[0]["weight_bytes"] / 5
+    assert stages[1]["fidelity"]["cosine"] > 0.98 and stages[2]["fidelity"]["cosine"] > 0.999
+    assert any(n["action"] == "clustered" for n in stages[1]["notes"])
+    assert report["ok"] and (tmp_path / "out.onnx").exists()
+    static = {"model": str(SAMPLES / "mobilenet_digits_constants.onnx"), "output": str(tmp_path / "s.onnx"),
+              "data": str(SAMPLES / "digits_calib.npz"), "passes": [{"quantize_static": {"mode": "all"}}]}
+    report = run_recipe(parse_recipe(static, tmp_path / "r.yaml"), RunOptions(measure=False))
+    assert report["stages"][1]["fidelity"]["top1_agreement"] >= 0.99
