@@ -37,7 +37,7 @@ CHECKS: dict[str, CheckSpec] = {c.name: c for c in [
     CheckSpec("max_peak_activation_bytes", "peak bytes of live activations", _stage_key("peak_activation_bytes"), True),
     CheckSpec("max_measured_latency_ms", "onnxruntime latency measured on this machine, ms", _stage_key("measured_latency_ms"), True),
     CheckSpec("min_cosine", "cosine similarity of the outputs against the input model", _fidelity_vs_input("cosine"), False),
-    CheckSpec("max_accuracy_drop", "accuracy lost against the input model (fraction, 0.01 = 1 point); needs labelled data", _accuracy_drop, True),
+    CheckSpec("max_accuracy_drop", "accuracy drop against the input model (fraction: 0.01 = 1 point)", _accuracy_drop, True),
 ]}
 
 
@@ -58,7 +58,8 @@ def evaluate_checks(limits: dict[str, float], stages: list[dict]) -> list[dict]:
 def describe_failure(result: dict) -> str:
     spec = CHECKS[result["name"]]
     if result["value"] is None:
-        return f"check {result['name']} failed: {spec.help} could not be measured (limit {result['limit']})"
+        hint = "; it needs `data:` with labels" if result["name"] == "max_accuracy_drop" else ""
+        return f"check {result['name']} failed: {spec.help} could not be measured (limit {result['limit']}){hint}"
     op = "<=" if spec.upper else ">="
     return (f"check {result['name']} failed: {spec.help} is {result['value']:.6g}, "
             f"limit {op} {result['limit']:g}")

@@ -149,7 +149,11 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     prev_model, prev_outputs = model, first_outputs
     kept = [model] if options.keep_stages else []
 
-    ctx = PassContext(data=inputs.feeds if recipe.data else None, labels=inputs.labels,
+    # Data-driven passes fit on calibration_data when the recipe has it, so `data` stays held out.
+    calibration = load_data(recipe.calibration_data, model) if recipe.calibration_data else (
+        inputs if recipe.data else None)
+    ctx = PassContext(data=calibration.feeds if calibration else None,
+                      labels=calibration.labels if calibration else None,
                       input_shapes=shapes, device=devices[0] if devices else None, seed=recipe.seed)
     for spec in recipe.passes:
         cls = get_pass(spec.name)

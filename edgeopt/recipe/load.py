@@ -14,7 +14,7 @@ from edgeopt.errors import UserError
 from edgeopt.passes import get_pass, pass_names
 from edgeopt.recipe.values import ValueProblem, build_params, coerce, did_you_mean
 
-TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "passes", "checks", "seed")
+TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "calibration_data", "passes", "checks", "seed")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Recipe:
     passes: list[PassSpec]
     checks: dict[str, float]
     seed: int = 0
+    calibration_data: Path | None = None  # what data-driven passes fit on; default: `data`
 
 
 def read_yaml(path: Path) -> Any:
@@ -126,6 +127,8 @@ def parse_recipe(doc: dict, path: Path) -> Recipe:
     model = _path(doc["model"], base, f"{where}: model")
     output = _path(doc["output"], base, f"{where}: output") if doc.get("output") is not None else None
     data = _path(doc["data"], base, f"{where}: data") if doc.get("data") is not None else None
+    calibration = (_path(doc["calibration_data"], base, f"{where}: calibration_data")
+                   if doc.get("calibration_data") is not None else None)
     devices = _field(doc, "device", str | list[str], where) or []
     input_shapes = _field(doc, "input_shapes", dict[str, list[int]], where) or {}
     for name, dims in input_shapes.items():
@@ -135,7 +138,8 @@ def parse_recipe(doc: dict, path: Path) -> Recipe:
     checks = _parse_checks(doc.get("checks"), where)
     passes = _parse_passes(doc.get("passes"), where)
     return Recipe(path=path, model=model, output=output, devices=list(devices) if isinstance(devices, list) else [devices],
-                  input_shapes=input_shapes, data=data, passes=passes, checks=checks, seed=seed)
+                  input_shapes=input_shapes, data=data, passes=passes, checks=checks, seed=seed,
+                  calibration_data=calibration)
 
 
 def _field(doc: dict, key: str, hint: Any, where: str) -> Any:
