@@ -233,3 +233,9 @@ def test_subprocess_exit_code_2_has_no_traceback(tmp_path):
 def test_other_formats(recipe, fmt, probe):
     result = run_cli("run", recipe, "--format", fmt, "-q", "--no-measure")
     assert result.exit_code == 0 and probe in result.stdout
+
+
+def test_missing_calibration_data_exits_2(tmp_path, tiny_model_path, write_recipe):
+    recipe = write_recipe({"model": tiny_model_path.name, "output": "o.onnx", "calibration_data": "cal.npz"})
+    result = run_cli("run", recipe, "-q", "--no-measure")
+    assert result.exit_code == 2 and "cal.npz: data file not found" in result.stderr
