@@ -48,7 +48,9 @@ class PruneChannels(Pass):
         "per-channel constants. Channels tied by a residual Add / Mul, a Concat or a shared weight form "
         "one group and are pruned together. A reader the pass cannot follow (a Reshape that splits "
         "channels, a Split along channels, a grouped conv, a graph output) freezes its group, and the "
-        "notes say which and why. Run it after fold_batchnorm; BNs still present are handled."
+        "notes say which and why. Run it after fold_batchnorm; BNs still present are handled. Without "
+        "retraining, accuracy holds only with `reconstruct: true` (calibration data); "
+        "`edgeopt sensitivity MODEL --data D.npz` proposes per-layer ratios within a fidelity budget."
     )
     lossless = False
     Params = Params
