@@ -92,9 +92,10 @@ def digits_tradeoff(out: list[str]) -> None:
                                  {"depth_multiplier": m, "max_error": 100.0, "min_macs_saving": 0.0}))
         for budget in (0.3, 0.5, 0.7):
             settings.append((name, f"auto, max_error {budget}, weights only", weights_only, {"max_error": budget}))
-    rows, best = [], {}
+    rows, best, models = [], {}, {}
     for name, label, ctx, params in settings:
         result, seconds = apply(name, model, ctx, **params)
+        models[(name, label)] = result.model
         macs, acc = conv_macs(result.model), accuracy(result.model, test, labels)
         split = [n for n in result.notes if n.action == "split"]
         sizes = ",".join(str(n.figures.get("depth_multiplier", n.figures.get("rank"))) for n in split)
@@ -115,6 +116,22 @@ def digits_tradeoff(out: list[str]) -> None:
     for name, (ratio, label, acc, drop) in sorted(best.items()):
         out.append(f"- best {name} within 2 points: **{label}**: {ratio:.2f}x fewer conv MACs, "
                    f"accuracy {acc * 100:.2f} % ({drop:+.2f} points)")
+    out.append("")
+    # Latency of those best settings against the unsplit net, batch 1, interleaved rounds.
+    variants = [("unsplit (BN folded)", model)] + [(f"{name}, {label}", models[(name, label)])
+                                                   for name, (_, label, _, _) in sorted(best.items())]
+    one = {"input": test["input"][:1]}
+    sessions = [make_session(m) for _, m in variants]
+    times: list[list[float]] = [[] for _ in variants]
+    for _ in range(5):
+        for i, session in enumerate(sessions):
+            times[i].append(measure_latency(session, one, max_seconds=1.0))
+    base = statistics.median(times[0])
+    out.append("Measured latency of those settings, batch 1, onnxruntime CPU, 1 thread, CPU clock, median of 5 "
+               "interleaved 1-second rounds (the last column is latency divided by the unsplit net's):\n")
+    out.append(table(["model", "conv MMACs", "latency ms", "latency vs unsplit"],
+                     [[label, f"{conv_macs(m) / 1e6:.2f}", f"{statistics.median(t):.3f}",
+                       f"{statistics.median(t) / base:.2f}x"] for (label, m), t in zip(variants, times)]))
     out.append("")
 
 
