@@ -22,7 +22,7 @@ BN_WARNING = ("a BatchNormalization follows: run fold_batchnorm before this pass
 
 
 class Splitter(Protocol):
-    action: str  # the NodeNote action of a split layer, e.g. "split_depthwise"
+    action: str  # the NodeNote action of a split layer ("split")
     what: str  # the size's symbol in messages: "m" or "r"
     size_figure: str  # the size's key in the figures: "depth_multiplier" or "rank"
 
