@@ -76,20 +76,21 @@ def to_markdown(tables: list[Table]) -> str:
 
 def print_rich(tables: list[Table], stream) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
     console = Console(file=stream, highlight=False, soft_wrap=False,
                       width=None if stream.isatty() else 200)
     for table in tables:
-        rich_table = RichTable(title=table.title or None, title_justify="left")
+        rich_table = RichTable(title=escape(table.title) if table.title else None, title_justify="left")
         for col in table.columns:
             rich_table.add_column(col.header, justify=col.justify, no_wrap=not col.wrap,
                                   ratio=1 if col.wrap else None)
         for row in table.rows:
-            rich_table.add_row(*_cells(table, row, human=True))
+            rich_table.add_row(*(escape(cell) for cell in _cells(table, row, human=True)))
         console.print(rich_table)
         for line in table.footer:
-            console.print(line)
+            console.print(escape(line))
 
 
 def emit(doc: dict, tables: list[Table], fmt: str, stream=None) -> None:
