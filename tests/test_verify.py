@@ -67,12 +67,3 @@ def test_compare_flags_nan_and_size_changes():
     assert "NaN" in compare([np.ones(3)], [np.array([1.0, np.nan, 1.0])])["problem"]
     assert "sizes differ" in compare([np.ones(3)], [np.ones(4)])["problem"]
 
-
-def test_table_output_keeps_square_brackets():
-    import io
-
-    from edgeopt.report import Column, Table, emit
-
-    buf = io.StringIO()
-    emit({}, [Table("t [x]", [Column("a", "a")], [{"a": "[bold]y[/bold] [1, 2]"}], footer=["f [z]"])], "table", buf)
-    assert "[bold]y[/bold] [1, 2]" in buf.getvalue() and "t [x]" in buf.getvalue() and "f [z]" in buf.getvalue()
