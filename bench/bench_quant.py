@@ -11,6 +11,7 @@ Prints a table and writes bench/RESULTS_quant.md.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -128,6 +129,53 @@ def bench_resnet50() -> list[dict]:
     return [row]
 
 
+def acceptance(digits: list[dict], r50: list[dict]) -> list[str]:
+    """One line per criterion and model: the figure, the limit, met or not."""
+    by = {(r["model"], r["config"]): r for r in digits}
+    out = []
+
+    def ratio(r):
+        return by[(r["model"], "fp32")]["weight_bytes"] / r["weight_bytes"]
+
+    def drop(r):
+        return (r["accuracy_fp32"] - r["accuracy"]) * 100
+
+    for model in dict.fromkeys(r["model"] for r in digits):
+        rows = {c: by.get((model, c)) for c in (
+            "int8 per-channel", "int8 per-channel fp16-scales +biases", "int4 per-channel",
+            "int4 per-channel fp16-scales +biases", "int4 block 32 fp16-scales +biases",
+            "codebook 4-bit channel_scaled", "int4 per-channel minmax", "static int8 auto", "static int8 all")}
+        if any(v is None for v in rows.values()):
+            continue
+        for c in ("int8 per-channel", "int8 per-channel fp16-scales +biases"):
+            r = rows[c]
+            ok = ratio(r) >= 3.9 and drop(r) <= 0.5
+            out.append(f"- {model}, {c}: {ratio(r):.2f}x fewer weight bytes (>= 3.9), drop {drop(r):+.2f} "
+                       f"points (<= 0.5): {'met' if ok else 'NOT met'}")
+        for c in ("int4 per-channel fp16-scales +biases", "int4 block 32 fp16-scales +biases"):
+            r = rows[c]
+            ok = ratio(r) >= 7 and drop(r) <= 2
+            out.append(f"- {model}, {c}: {ratio(r):.2f}x (>= 7), drop {drop(r):+.2f} (<= 2): "
+                       f"{'met' if ok else 'NOT met'}")
+        cb = rows["codebook 4-bit channel_scaled"]
+        for c in ("int4 per-channel", "int4 per-channel minmax"):
+            u = rows[c]
+            out.append(f"- {model}, codebook 4-bit channel_scaled {cb['accuracy'] * 100:.2f}% vs uniform {c} "
+                       f"{u['accuracy'] * 100:.2f}%: {'met' if cb['accuracy'] >= u['accuracy'] else 'NOT met'}")
+        for c in ("static int8 all", "static int8 auto"):
+            r = rows[c]
+            out.append(f"- {model}, {c}: drop {drop(r):+.2f} (<= 1): {'met' if drop(r) <= 1 else 'NOT met'}; "
+                       f"median latency {r['latency_ms']:.3f} vs fp32 {r['latency_fp32_ms']:.3f} ms "
+                       f"(x{r['latency_fp32_ms'] / r['latency_ms']:.2f}, p10 x{r['p10_ratio']:.2f})")
+    for r in r50:
+        speed = r["latency_fp32_ms"] / r["latency_ms"]
+        out.append(f"- ResNet-50 builder, static int8 auto: x{speed:.2f} faster (>= 1.5): "
+                   f"{'met' if speed >= 1.5 else 'NOT met'}")
+    out.append("- Noise: the fp32 rows compare two sessions of the same model; their speed-up shows the "
+               "session-to-session spread on this (shared) machine.")
+    return out
+
+
 def write_results(digits: list[dict], r50: list[dict], argv: list[str]) -> str:
     lines = ["## Quantization (bench/bench_quant.py)", "",
              f"Machine: {describe()}", "",
@@ -158,6 +206,7 @@ def write_results(digits: list[dict], r50: list[dict], argv: list[str]) -> str:
                          f"{r['latency_ms']:.1f} | {r['latency_fp32_ms'] / r['latency_ms']:.2f} | "
                          f"{r['cosine']:.4f} | {r['seconds']:.0f} |")
         lines += ["", f"Summary: {r50[0]['summary']}"]
+    lines += ["", "Acceptance (issue 4), from the rows above:", ""] + acceptance(digits, r50)
     lines += ["", "Pass summaries (digits):", ""]
     for r in digits:
         if r["config"] != "fp32":
@@ -172,6 +221,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     digits = bench_digits(args.models)
     r50 = [] if args.skip_resnet50 else bench_resnet50()
+    (ROOT / "build").mkdir(exist_ok=True)
+    (ROOT / "build" / "bench_quant.json").write_text(json.dumps({"digits": digits, "resnet50": r50}, indent=1))
     text = write_results(digits, r50, argv)
     print(text)
     (ROOT / "bench" / "RESULTS_quant.md").write_text(text)
