@@ -33,7 +33,7 @@ def weights_by_node(model) -> dict[str, np.ndarray]:
 
 def test_per_layer_sparsity_zeroes_the_smallest_weights_of_each_layer():
     model = residual_net()
-    result = apply(model, sparsity=0.6)
+    result = apply(model, sparsity=0.6, scope="per_layer")
     onnx.checker.check_model(result.model, full_check=True)
     before, after = weights_by_node(model), weights_by_node(result.model)
     for name, w in before.items():
@@ -48,7 +48,8 @@ def test_per_layer_sparsity_zeroes_the_smallest_weights_of_each_layer():
 
 def test_global_scope_uses_one_threshold_over_all_layers():
     model = residual_net()
-    result = apply(model, sparsity=0.7, scope="global")
+    result = apply(model, sparsity=0.7)  # scope auto: global for one number
+    assert PASS.Params(sparsity=0.7).scope == "global" and PASS.Params(sparsity={"*": 0.5}).scope == "per_layer"
     before, after = weights_by_node(model), weights_by_node(result.model)
     old = np.concatenate([np.abs(w).ravel() for w in before.values()])
     new = np.concatenate([after[n].ravel() for n in before])
