@@ -1,4 +1,9 @@
-"""Run every bench/bench_*.py, then gather their RESULTS_*.md into bench/RESULTS.md."""
+"""Run every bench/bench_*.py, then gather their RESULTS_*.md into bench/RESULTS.md.
+
+    python bench/run_all.py                 # all benches (tens of minutes on 2 cores)
+    python bench/run_all.py quant prune     # only bench_quant.py and bench_prune.py
+    python bench/run_all.py --gather-only   # just rebuild RESULTS.md from the sections
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from machine import describe  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    only = set(argv)
+    gather_only = "--gather-only" in argv  # rebuild RESULTS.md from the sections already written
+    only = {a for a in argv if not a.startswith("--")}
     failed = []
-    for script in sorted(HERE.glob("bench_*.py")):
+    for script in [] if gather_only else sorted(HERE.glob("bench_*.py")):
         topic = script.stem.removeprefix("bench_")
         if only and topic not in only:
             continue
