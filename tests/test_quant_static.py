@@ -118,16 +118,20 @@ def test_auto_latency_decisions(monkeypatch):
     import edgeopt.passes.quantize_static as qs
 
     model = toy_model()
-    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds, **kw: [1.0, 2.0])
+    # [[fp32 p10, fp32 median], [int8 p10, int8 median]]
+    monkeypatch.setattr(qs, "latency_quantiles", lambda models, feeds: [[1.0, 1.1], [2.0, 2.1]])
     slower = apply(model, mode="auto")
     assert not slower.modified and slower.model is model
     assert "int8 is not faster on this host: fp32 1.000 ms vs int8 2.000 ms" in slower.summary
-    assert "needs a 10% gain" in slower.summary
-    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds, **kw: [2.0, 1.0])
+    assert "needs a 10% gain and a median no worse" in slower.summary
+    monkeypatch.setattr(qs, "latency_quantiles", lambda models, feeds: [[2.0, 2.2], [1.0, 1.1]])
     faster = apply(model, mode="auto")
     assert faster.modified and "host latency 2.000 -> 1.000 ms" in faster.summary
-    calls = iter([[1.0, 1.5], [1.0, 0.5]])  # all ops: slower; only Conv/Gemm/MatMul: faster
-    monkeypatch.setattr(qs, "interleaved_latency", lambda models, feeds, **kw: next(calls))
+    # a faster 10th percentile with a worse median (contention) is not faster
+    monkeypatch.setattr(qs, "latency_quantiles", lambda models, feeds: [[2.0, 2.2], [1.0, 2.5]])
+    assert not apply(model, mode="auto").modified
+    calls = iter([[[1.0, 1.0], [1.5, 1.5]], [[1.0, 1.0], [0.5, 0.5]]])  # all ops slower; only Conv/Gemm/MatMul faster
+    monkeypatch.setattr(qs, "latency_quantiles", lambda models, feeds: next(calls))
     heavy = apply(model, mode="auto")
     assert heavy.modified and any("only Conv/Gemm/MatMul" in n.reason for n in heavy.notes)
 

@@ -33,3 +33,22 @@ def interleaved_latency(models: list[onnx.ModelProto], feeds: dict[str, np.ndarr
     if quantile == 0.5:
         return [statistics.median(t) * 1e3 for t in times]
     return [float(np.quantile(t, quantile)) * 1e3 for t in times]
+
+
+def latency_quantiles(models: list[onnx.ModelProto], feeds: dict[str, np.ndarray],
+                      quantiles: tuple[float, ...] = (0.1, 0.5), rounds: int = 5,
+                      seconds_per_round: float = 0.2) -> list[list[float]]:
+    """For each model, its latency in ms at each quantile, from one interleaved series."""
+    sessions = [make_session(m) for m in models]
+    for s in sessions:
+        for _ in range(2):
+            s.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for i, s in enumerate(sessions):
+            start = time.perf_counter()
+            while len(times[i]) < 3 or time.perf_counter() - start < seconds_per_round:
+                t0 = time.perf_counter()
+                s.run(None, feeds)
+                times[i].append(time.perf_counter() - t0)
+    return [[float(np.quantile(t, q)) * 1e3 for q in quantiles] for t in times]
