@@ -189,3 +189,16 @@ def test_weight_only_int8_by_decode_mode(mode, precision, weight_bytes, latency_
     assert conv["device_weight_bytes"] == weight_bytes
     assert conv["est_latency_ms"] == pytest.approx(latency_ms)
     assert conv.get("weight_decode") == (None if mode == "native" else mode)
+
+
+def test_roofline_region_against_the_ridge_point():
+    # ridge = 1e11 ops/s / 1e10 B/s = 10 ops/byte.
+    # conv_relu: intensity (36864 + 512) / 4224 = 8.85 < 10 -> memory region, though it is compute-bound
+    # in time because it stays on chip; the FC: 32768 / 66816 = 0.49 -> memory region too.
+    conv = next(l for l in profile_model(conv_relu(), toy(onchip_bytes=1 << 20)).layers if l["name"] == "conv")
+    assert conv["bound"] == "compute" and conv["roofline_region"] == "memory"
+    # at 10x the bandwidth the ridge is 1 op/byte and the conv sits above it
+    fast = next(l for l in profile_model(conv_relu(), toy(onchip_bytes=1 << 20, dram_gbps=100)).layers
+                if l["name"] == "conv")
+    assert fast["roofline_region"] == "compute"
+    assert profile_model(conv_relu(), None).layers[0].get("roofline_region") is None  # no device, no verdict

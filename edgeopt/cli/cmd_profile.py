@@ -103,6 +103,7 @@ def layers_table(prof, top: int | None) -> Table:
             Column("fits_onchip", "on-chip"),
             Column("est_latency_ms", "est ms", fixed(4)),
             Column("bound", "bound", justify="left"),
+            Column("roofline_region", "roofline", justify="left"),
         ]
     return Table(title="layers, most expensive first", columns=columns, rows=shown, footer=footer)
 

@@ -68,6 +68,17 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
 
 
+def _roofline_region(device: Device, cost) -> str | None:
+    """The textbook roofline verdict: 'memory' when the layer's arithmetic intensity is below the
+    device's ridge point (peak ops / DRAM bandwidth at the compute precision), i.e. it would be
+    bandwidth-limited if its bytes came from DRAM; 'compute' above. Unlike `bound`, it ignores the
+    efficiency derating and whether the working set stays on chip."""
+    peak, bandwidth = device.peak_ops_per_s(cost.compute_precision), device.dram_bytes_per_s
+    if cost.arithmetic_intensity is None or not peak or not bandwidth:
+        return None
+    return "memory" if cost.arithmetic_intensity < peak / bandwidth else "compute"
+
+
 def profile_model(model: onnx.ModelProto, device: Device | None = None,
                   input_shapes: dict[str, list[int]] | None = None) -> Profile:
     """Per-layer and total cost of `model` on `device` (None: counting and memory only).
@@ -192,6 +203,7 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
             est_latency_ms=_ms(cost.latency_s),
             est_energy_mj=None if cost.energy_pj is None else cost.energy_pj * 1e-9,
             bound=cost.bound,
+            roofline_region=_roofline_region(device, cost),
         )
 
     totals = _totals(info, order, layers, table, sparse_ok, live, names, device)
