@@ -12,6 +12,7 @@ from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 from edgeopt.quant.decode import codebook_subgraph
 from edgeopt.quant.kmeans import kmeans_1d
+from edgeopt.quant.params import WeightPassParams
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.biascorrect import correct_slot, input_means
 from edgeopt.quant.prepare import fold_batchnorm_first
@@ -75,27 +76,12 @@ class QuantizeCodebook(Pass):
     lossless = False
 
     @dataclass
-    class Params:
+    class Params(WeightPassParams):
         bits: int = param(4, "index bits: 2^bits centroids (<= 4 stored packed as UINT4, else uint8)", ge=1, le=8)
         granularity: Literal["per_tensor", "channel_scaled", "per_channel"] = param(
             "channel_scaled", "one codebook per tensor; one per tensor over values divided by a per-output-channel "
                           "scale (decoded by a Mul); or one codebook per output channel")
         iters: int = param(60, "k-means (Lloyd) iterations at most", ge=1, le=1000)
-        bias_correction: bool = param(
-            False, "with calibration data: subtract each layer's mean output shift (dW . E[x]) from its bias "
-                   "(padding ignored; on the digits models it helps some layers and hurts others: off by default)")
-        fold_batchnorm: bool = param(
-            True, "fold BatchNormalization into the weights first (lossless), so BN parameters do not stay "
-                  "float and the folded weights are the ones rounded")
-        min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
-        op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
-                                    help="operators whose weights are clustered")
-        exclude: list[str] = param(default_factory=list, help="node names, globs or op types left in float")
-
-        def __post_init__(self):
-            unknown = [op for op in self.op_types if op not in WEIGHT_OPS]
-            if unknown:
-                raise ValueError(f"op_types: {unknown[0]!r} is not supported; choose from {', '.join(WEIGHT_OPS)}")
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
         target = 21 if params.bits <= 4 else 13  # UINT4 storage; GatherElements and Cast are older

@@ -12,7 +12,8 @@ from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, regis
 from edgeopt.quant.calibrate import StaticQuantizer
 from edgeopt.quant.opset import OpsetUpgradeError
 from edgeopt.quant.prepare import prepare_float
-from edgeopt.quant.runtime import ort_load_error, static_batch
+from edgeopt.quant.runtime import ort_load_error
+from edgeopt.verify.runtime import static_batch
 from edgeopt.quant.select import excluded
 from edgeopt.quant.sensitivity import local_errors, quantized_nodes
 from edgeopt.quant.timing import latency_quantiles

@@ -11,6 +11,7 @@ import onnx
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
+from edgeopt.quant.params import WeightPassParams
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
 from edgeopt.quant.biascorrect import correct_slot, input_means
@@ -68,7 +69,7 @@ class QuantizeWeights(Pass):
     lossless = False
 
     @dataclass
-    class Params:
+    class Params(WeightPassParams):
         bits: Literal[8, 4] = param(8, "bits per weight: 8 (int8) or 4 (int4, opset 21)")
         symmetric: bool = param(True, "signed integers with zero point 0; false: unsigned with a zero point")
         granularity: Literal["per_tensor", "per_channel", "block"] = param(
@@ -86,21 +87,6 @@ class QuantizeWeights(Pass):
             "constants, which onnxruntime folds at load (fp32 speed here; only the file shrinks)")
         quantize_biases: bool = param(
             False, "biases too, as int8 with one scale per tensor (by default they stay float32)")
-        bias_correction: bool = param(
-            False, "with calibration data: subtract each layer's mean output shift (dW . E[x]) from its bias "
-                   "(padding ignored; on the digits models it helps some layers and hurts others: off by default)")
-        fold_batchnorm: bool = param(
-            True, "fold BatchNormalization into the weights first (lossless), so BN parameters do not stay "
-                  "float and the folded weights are the ones rounded")
-        min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
-        op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
-                                    help="operators whose weights are quantized")
-        exclude: list[str] = param(default_factory=list, help="node names, globs or op types left in float")
-
-        def __post_init__(self):
-            unknown = [op for op in self.op_types if op not in WEIGHT_OPS]
-            if unknown:
-                raise ValueError(f"op_types: {unknown[0]!r} is not supported; choose from {', '.join(WEIGHT_OPS)}")
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
         target = required_opset(params.bits, params.granularity, params.scale_dtype, params.decode)

@@ -12,8 +12,8 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from edgeopt.graph.shapes import graph_inputs
-from edgeopt.verify.runtime import make_session
+
+from edgeopt.verify.runtime import make_session, static_batch
 
 
 def subsample(data: dict[str, np.ndarray], max_samples: int, seed: int) -> dict[str, np.ndarray]:
@@ -23,14 +23,6 @@ def subsample(data: dict[str, np.ndarray], max_samples: int, seed: int) -> dict[
         return data
     idx = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
     return {k: v[idx] for k, v in data.items()}
-
-
-def _static_batch(model: onnx.ModelProto) -> int | None:
-    for vi in graph_inputs(model):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return dims[0].dim_value
-    return None
 
 
 class Probe:
@@ -49,7 +41,7 @@ class Probe:
             else:
                 probe.graph.output.add().name = name  # untyped: onnxruntime infers the type
         self.session = make_session(probe)
-        self.static_batch = _static_batch(model)
+        self.static_batch = static_batch(model)
 
     def chunks(self, data: dict[str, np.ndarray], chunk: int = 64) -> Iterator[dict[str, np.ndarray]]:
         """The named tensors, `chunk` samples at a time (a multiple of a fixed batch)."""

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from edgeopt.graph.activations import collect_activations
 from edgeopt.graph.edit import add_initializer, const_array
-from edgeopt.quant.runtime import static_batch
+from edgeopt.verify.runtime import static_batch
 
 
 def input_means(model: onnx.ModelProto, nodes: list[ir.Node], feeds: dict[str, np.ndarray],

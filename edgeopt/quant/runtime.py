@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from edgeopt.verify.runtime import make_session
+from edgeopt.verify.runtime import make_session, ort_message
 
 
 def ort_load_error(model: onnx.ModelProto) -> str | None:
@@ -12,17 +12,5 @@ def ort_load_error(model: onnx.ModelProto) -> str | None:
     try:
         make_session(model)
     except Exception as exc:  # onnxruntime raises its own exception types
-        return " ".join(str(exc).split())[:300]
-    return None
-
-
-def static_batch(model: onnx.ModelProto) -> int | None:
-    """The fixed leading dimension of the model's first real input, or None when it is free."""
-    inits = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return dims[0].dim_value
+        return ort_message(exc)
     return None

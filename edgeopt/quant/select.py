@@ -19,3 +19,4 @@ def node_label(node) -> str:
         return node.name
     outputs = [v.name for v in node.outputs if v is not None and v.name]
     return f"<{outputs[0]}>" if outputs else f"<{node.op_type}>"
+

@@ -180,8 +180,10 @@ def build_params(params_cls: type, raw: Any, where: str) -> Any:
 def describe_params(params_cls: type) -> list[dict]:
     """Name, type, default, bounds and help of each parameter (for `edgeopt passes NAME`)."""
     hints = typing.get_type_hints(params_cls)
+    own = params_cls.__dict__.get("__annotations__", {})
     rows = []
-    for f in dataclasses.fields(params_cls):
+    # A pass's own parameters first, then those it inherits from a shared declaration.
+    for f in sorted(dataclasses.fields(params_cls), key=lambda f: f.name not in own):
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:

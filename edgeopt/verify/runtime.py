@@ -36,7 +36,8 @@ def ort_message(exc: Exception) -> str:
     return text[:300]
 
 
-def _static_batch(model: onnx.ModelProto) -> int | None:
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The fixed batch size of the model's first input, or None when the batch dim is free."""
     for vi in graph_inputs(model):
         dims = vi.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
@@ -48,10 +49,10 @@ def run_batched(session: ort.InferenceSession, model: onnx.ModelProto,
                 feeds: dict[str, np.ndarray], chunk: int = 256) -> list[np.ndarray]:
     """Run all samples; in chunks of the model's static batch if it has one."""
     batch = len(next(iter(feeds.values())))
-    step = _static_batch(model) or chunk
-    if batch <= step and _static_batch(model) in (None, batch):
+    step = static_batch(model) or chunk
+    if batch <= step and static_batch(model) in (None, batch):
         return session.run(None, feeds)
-    if _static_batch(model) and batch % step:  # a free batch dim takes a shorter last chunk
+    if static_batch(model) and batch % step:  # a free batch dim takes a shorter last chunk
         raise ValueError(f"the model's batch is fixed at {step} but the data has {batch} samples")
     parts = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, batch, step)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
