@@ -6,6 +6,7 @@ rewrite); this module does the rest the same way for both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,10 +16,25 @@ import onnx_ir as ir
 from edgeopt.factorize.conv_layers import ConvLayer, collect_patches, conv_layer, matches, value_shapes
 from edgeopt.factorize.search import choose_size
 from edgeopt.graph.edit import add_initializer, to_ir, to_proto
-from edgeopt.passes.base import NodeNote, PassContext, PassResult
+from edgeopt.passes.base import NodeNote, PassContext, PassResult, param
 
 BN_WARNING = ("a BatchNormalization follows: run fold_batchnorm before this pass so the error "
               "budget applies to the folded weights")
+
+
+@dataclass
+class SplitBudget:
+    """The error budget and selection both split passes take; their Params add the factor size."""
+
+    max_error: float = param(
+        0.3, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
+             "original model's output there (earlier splits included), else of its weights; a layer that "
+             "cannot meet it is left alone", gt=0)
+    min_macs_saving: float = param(
+        0.25, "split a layer only if it saves at least this fraction of the layer's MACs (0.25 = 25 %); "
+              "a negative value allows splits that add MACs", lt=1)
+    exclude: list[str] = param(help="Conv node names (or wildcards like `stem*`) to leave alone",
+                               default_factory=list)
 
 
 class Splitter(Protocol):

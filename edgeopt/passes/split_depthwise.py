@@ -10,26 +10,17 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.factorize.conv_layers import ConvLayer
-from edgeopt.factorize.convsplit import Namer, conv_node, geometry_attrs, replace, run_split, weight
+from edgeopt.factorize.convsplit import SplitBudget, Namer, conv_node, geometry_attrs, replace, run_split, weight
 from edgeopt.factorize.depthwise import DepthwiseFactorizer, DepthwiseSplit, depthwise_macs
 from edgeopt.passes import register
 from edgeopt.passes.base import Pass, PassContext, PassResult, param
 
 
 @dataclass
-class SplitDepthwiseParams:
+class SplitDepthwiseParams(SplitBudget):
     depth_multiplier: int | Literal["auto"] = param(
         "auto", "depthwise kernels per input channel (m); `auto` takes per layer the smallest m whose "
                 "error is within max_error; m >= min(out_channels, KH*KW) is exact", ge=1)
-    max_error: float = param(
-        0.3, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
-             "original model's output there (earlier splits included), else of its weights; a layer that "
-             "cannot meet it is left alone", gt=0)
-    min_macs_saving: float = param(
-        0.25, "split a layer only if it saves at least this fraction of the layer's MACs (0.25 = 25 %); "
-              "a negative value allows splits that add MACs", lt=1)
-    exclude: list[str] = param(help="Conv node names (or wildcards like `stem*`) to leave alone",
-                               default_factory=list)
 
 
 class _DepthwiseSplitter:

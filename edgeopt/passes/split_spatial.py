@@ -10,26 +10,17 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.factorize.conv_layers import ConvLayer
-from edgeopt.factorize.convsplit import Namer, conv_node, geometry_attrs, replace, run_split, weight
+from edgeopt.factorize.convsplit import SplitBudget, Namer, conv_node, geometry_attrs, replace, run_split, weight
 from edgeopt.factorize.spatial import SpatialFactorizer, SpatialSplit, spatial_macs
 from edgeopt.passes import register
 from edgeopt.passes.base import Pass, PassContext, PassResult, param
 
 
 @dataclass
-class SplitSpatialParams:
+class SplitSpatialParams(SplitBudget):
     rank: int | Literal["auto"] = param(
         "auto", "channels between the Kx1 and the 1xK conv (r); `auto` takes per layer the smallest r "
                 "whose error is within max_error; r >= min(in_channels*KH, out_channels*KW) is exact", ge=1)
-    max_error: float = param(
-        0.3, "largest relative error per layer: with the recipe's `data`, of the layer's output against the "
-             "original model's output there (earlier splits included), else of its weights; a layer that "
-             "cannot meet it is left alone", gt=0)
-    min_macs_saving: float = param(
-        0.25, "split a layer only if it saves at least this fraction of the layer's MACs (0.25 = 25 %); "
-              "a negative value allows splits that add MACs", lt=1)
-    exclude: list[str] = param(help="Conv node names (or wildcards like `stem*`) to leave alone",
-                               default_factory=list)
 
 
 def _axis(attrs: dict, key: str, axis: int, default: int, length: int = 2) -> int:
