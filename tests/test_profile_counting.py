@@ -229,3 +229,14 @@ def test_unknown_non_batch_dim_is_a_clear_error():
     model = make([node], [("x", [1, "C", 5])], ["y"])
     with pytest.raises(UserError, match="input 'x': dim 1 is dynamic"):
         profile_model(model)
+
+
+def test_shared_mac_rule_by_hand():
+    from edgeopt.graph.macs import layer_macs
+
+    assert layer_macs("Conv", [1, 4, 8, 8], [8, 4, 3, 3], [1, 8, 8, 8]) == 512 * 36
+    assert layer_macs("Conv", [1, 8, 8, 8], [8, 1, 3, 3], [1, 8, 4, 4]) == 128 * 9  # depthwise, stride 2
+    assert layer_macs("ConvTranspose", [1, 4, 4, 4], [4, 2, 3, 3], [1, 2, 9, 9]) == 64 * 18
+    assert layer_macs("Gemm", [3, 256], None, [3, 64]) == 3 * 64 * 256
+    assert layer_macs("Gemm", [256, 3], None, [3, 64], trans_a=True) == 3 * 64 * 256
+    assert layer_macs("MatMul", [2, 5, 16], None, [2, 5, 7]) == 70 * 16

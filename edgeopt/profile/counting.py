@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from edgeopt.graph.macs import layer_macs
 from edgeopt.profile.graphinfo import TensorInfo
 
 # op classes, which are also the keys of device efficiency factors (plus data / view / qdq)
@@ -102,7 +103,7 @@ def count_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[Te
             return _unknown("shape unknown", CONV)
         group = int(_attr(node, "group", 1))
         cin_per_group = w[1]
-        macs = out_numel * cin_per_group * math.prod(w[2:])
+        macs = layer_macs("Conv", x, w, out_shape)
         has_bias = len(ins) > (8 if op == "QLinearConv" else 2) and ins[-1] is not None
         ops = 2 * macs + (out_numel if has_bias else 0)
         cls = DEPTHWISE if group > 1 and cin_per_group == 1 else CONV
@@ -113,7 +114,7 @@ def count_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[Te
         if w is None or x is None or out_shape is None:
             return _unknown("shape unknown", CONV)
         group = int(_attr(node, "group", 1))
-        macs = math.prod(x) * w[1] * math.prod(w[2:])  # N*Cin*in_spatial * Cout/group * kernel
+        macs = layer_macs("ConvTranspose", x, w, out_shape)
         has_bias = len(ins) > 2 and ins[2] is not None
         ops = 2 * macs + (out_numel if has_bias else 0)
         cls = DEPTHWISE if group > 1 and w[1] == 1 else CONV
@@ -123,8 +124,7 @@ def count_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[Te
         a = _shape(ins[0]) if ins else None
         if a is None or out_shape is None or len(a) != 2:
             return _unknown("shape unknown", GEMM)
-        k = a[0] if _attr(node, "transA", 0) else a[1]
-        macs = out_numel * k
+        macs = layer_macs("Gemm", a, None, out_shape, trans_a=bool(_attr(node, "transA", 0)))
         has_bias = len(ins) > 2 and ins[2] is not None
         return Count(GEMM, macs, 2 * macs + (out_numel if has_bias else 0), weight_input=1)
 
@@ -133,8 +133,7 @@ def count_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[Te
         a = _shape(ins[a_idx]) if ins else None
         if a is None or out_shape is None:
             return _unknown("shape unknown", GEMM)
-        k = a[-1]
-        macs = out_numel * k
+        macs = layer_macs("MatMul", a, None, out_shape)
         return Count(GEMM, macs, 2 * macs, weight_input=3 if op == "QLinearMatMul" else 1)
 
     if op in _RNN_GATES:
