@@ -22,7 +22,7 @@ from edgeopt.errors import CheckFailed, UserError, VerificationError
 from edgeopt.graph.io import load_model, save_model
 from edgeopt.graph.shapes import fix_input_shapes, resolve_input_shapes
 from edgeopt.passes import PassContext, get_pass
-from edgeopt.profile import measure_latency, profile_model
+from edgeopt.profile import measure_latency, profile_on_devices
 from edgeopt.recipe.load import Recipe
 from edgeopt.verify.check import ModelInvalid, check_model
 from edgeopt.verify.fidelity import accuracy, compare, output_scale
@@ -50,8 +50,9 @@ def _profile_record(model: onnx.ModelProto, devices, shapes) -> dict:
     """The contract figures of one stage: counts on the first device, estimates on each."""
     record: dict = {}
     per_device = {}
-    for i, device in enumerate(devices or [None]):
-        totals = profile_model(model, device, shapes).totals
+    targets = devices or [None]
+    for i, (device, prof) in enumerate(zip(targets, profile_on_devices(model, targets, shapes))):
+        totals = prof.totals
         if i == 0:
             for key in ("macs", "params_count", "weight_bytes", "peak_activation_bytes",
                         "est_latency_ms", "est_energy_mj"):

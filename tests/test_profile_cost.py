@@ -202,3 +202,13 @@ def test_roofline_region_against_the_ridge_point():
                 if l["name"] == "conv")
     assert fast["roofline_region"] == "compute"
     assert profile_model(conv_relu(), None).layers[0].get("roofline_region") is None  # no device, no verdict
+
+
+def test_one_analysis_for_several_devices_gives_the_same_profiles():
+    from edgeopt.profile import profile_on_devices
+
+    devices = [toy(onchip_bytes=1 << 20), toy(dram_gbps=100), None]
+    together = profile_on_devices(conv_relu(), devices)
+    for device, prof in zip(devices, together):
+        alone = profile_model(conv_relu(), device)
+        assert prof.totals == alone.totals and prof.layers == alone.layers

@@ -6,7 +6,7 @@
 """
 
 from edgeopt.profile.measure import make_session, measure_latency, random_feeds
-from edgeopt.profile.profiler import CONTRACT_LAYER, CONTRACT_TOTALS, Profile, profile_model
+from edgeopt.profile.profiler import CONTRACT_LAYER, CONTRACT_TOTALS, Profile, profile_model, profile_on_devices
 
-__all__ = ["profile_model", "measure_latency", "make_session", "random_feeds", "Profile", "CONTRACT_TOTALS",
+__all__ = ["profile_model", "profile_on_devices", "measure_latency", "make_session", "random_feeds", "Profile", "CONTRACT_TOTALS",
            "CONTRACT_LAYER"]

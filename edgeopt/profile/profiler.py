@@ -85,7 +85,17 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
 
     The model is not modified; shape inference runs once on a shallow copy.
     """
+    return profile_on_devices(model, [device], input_shapes)[0]
+
+
+def profile_on_devices(model: onnx.ModelProto, devices: list[Device | None],
+                       input_shapes: dict[str, list[int]] | None = None) -> list[Profile]:
+    """One profile per device, from one analysis of the graph (shape inference runs once)."""
     info = analyze(model, input_shapes)
+    return [_profile(info, device) for device in devices]
+
+
+def _profile(info, device: Device | None) -> Profile:
     order = [i for i in range(len(info.nodes)) if i not in info.const_nodes]
     counts = {}
     for idx in order:
