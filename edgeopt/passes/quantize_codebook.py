@@ -8,18 +8,12 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edgeopt.graph.edit import to_ir, to_proto
-from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.passes import Pass, PassContext, PassResult, param, register
 from edgeopt.quant.decode import codebook_subgraph
+from edgeopt.quant.driver import Compressed, run_weight_pass
 from edgeopt.quant.kmeans import kmeans_1d
 from edgeopt.quant.params import WeightPassParams
-from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
-from edgeopt.quant.biascorrect import correct_slot, input_means
-from edgeopt.quant.prepare import fold_batchnorm_first
-from edgeopt.quant.report import fmt_bytes
-from edgeopt.quant.runtime import ort_load_error
-from edgeopt.quant.select import node_label
-from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_weights, float_bias_bytes
+from edgeopt.quant.weights import WeightSlot
 
 
 def cluster_slot(slot: WeightSlot, bits: int, granularity: str, iters: int):
@@ -84,59 +78,17 @@ class QuantizeCodebook(Pass):
         iters: int = param(60, "k-means (Lloyd) iterations at most", ge=1, le=1000)
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
-        target = 21 if params.bits <= 4 else 13  # UINT4 storage; GatherElements and Cast are older
-        try:
-            work, upgrade_note = ensure_opset(model, target)
-        except OpsetUpgradeError as exc:
-            return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
-                              summary=f"left unchanged: {exc}")
-        fold_note = ""
-        if params.fold_batchnorm:
-            work, fold_note = fold_batchnorm_first(work, ctx)
-        graph_model = to_ir(work)
-        graph = graph_model.graph
-        slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
-        means = {}
-        if params.bias_correction and ctx.data and slots:
-            means = input_means(work, [n for s in slots for n in s.nodes], ctx.data)
-        before = after = 0
-        for slot in slots:
+        def compress(graph, slot: WeightSlot) -> Compressed:
             indices, codebook, axis, scale, decoded = cluster_slot(slot, params.bits, params.granularity,
                                                                     params.iters)
             out, nbytes = codebook_subgraph(graph, slot.name, indices, codebook, params.bits, axis,
                                             slot.array.shape, scale)
-            slot.value.replace_all_uses_with(out)
-            if slot.name in graph.initializers:
-                graph.initializers.pop(slot.name)
-            err = decoded - slot.array
-            std = float(np.std(slot.array)) or 1.0
-            figures = {"bits": params.bits, "granularity": params.granularity, "elements": int(slot.array.size),
-                       "centroids": int(codebook.size), "bytes_before": int(slot.array.nbytes),
-                       "bytes_after": nbytes, "max_abs_error": float(np.max(np.abs(err))),
-                       "rel_rmse": float(np.sqrt(np.mean(err ** 2)) / std)}
-            if means:
-                figures.update(correct_slot(graph, slot, decoded, means))
-            before += slot.array.nbytes
-            after += nbytes
-            for node in slot.nodes:
-                notes.append(NodeNote(node_label(node), node.op_type, "clustered",
-                                      f"W {slot.name} -> {1 << params.bits} centroids {params.granularity}",
-                                      figures))
-        if not slots:
-            return PassResult(model, False, notes, summary="no weight to cluster; model unchanged")
-        result = to_proto(graph_model)
-        problem = ort_load_error(result)
-        if problem:
-            notes.append(NodeNote("(model)", "", "skipped", f"onnxruntime cannot load the result: {problem}"))
-            return PassResult(model, False, notes,
-                              summary=f"left unchanged: onnxruntime cannot load the clustered model ({problem})")
-        n_bias, bias_bytes = float_bias_bytes(graph)
-        small = sum(1 for n in notes if n.action == "skipped" and "min_elements" in n.reason)
-        summary = (f"clustered {len(slots)} weights into {1 << params.bits} centroids {params.granularity}: "
-                   f"{fmt_bytes(before)} -> {fmt_bytes(after)} ({before / max(after, 1):.2f}x); "
-                   f"{n_bias} biases ({fmt_bytes(bias_bytes)}) and {small} small weights stay float")
-        if upgrade_note:
-            summary += f"; {upgrade_note}"
-        if fold_note:
-            summary += f"; {fold_note}"
-        return PassResult(result, True, notes, summary=summary)
+            return Compressed(out, nbytes, decoded,
+                              f"W {slot.name} -> {1 << params.bits} centroids {params.granularity}",
+                              {"bits": params.bits, "granularity": params.granularity,
+                               "centroids": int(codebook.size)})
+
+        return run_weight_pass(
+            model, params, ctx, target_opset=21 if params.bits <= 4 else 13,  # UINT4 storage needs 21
+            verb="clustered", compress=compress,
+            summary_head=lambda n, _: f"clustered {n} weights into {1 << params.bits} centroids {params.granularity}")

@@ -8,18 +8,13 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
+from edgeopt.quant.driver import Compressed, Extra, run_weight_pass
 from edgeopt.quant.params import WeightPassParams
-from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
-from edgeopt.quant.biascorrect import correct_slot, input_means
-from edgeopt.quant.prepare import fold_batchnorm_first
-from edgeopt.quant.report import fmt_bytes
-from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
-from edgeopt.quant.weights import WEIGHT_OPS, WeightSlot, find_biases, find_weights, float_bias_bytes
+from edgeopt.quant.weights import WeightSlot, find_biases
 
 
 def required_opset(bits: int, granularity: str, scale_dtype: str, decode: str = "dequantize_linear") -> int:
@@ -89,53 +84,24 @@ class QuantizeWeights(Pass):
             False, "biases too, as int8 with one scale per tensor (by default they stay float32)")
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
-        target = required_opset(params.bits, params.granularity, params.scale_dtype, params.decode)
-        try:
-            work, upgrade_note = ensure_opset(model, target)
-        except OpsetUpgradeError as exc:
-            return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
-                              summary=f"left unchanged: {exc}")
-        fold_note = ""
-        if params.fold_batchnorm:
-            work, fold_note = fold_batchnorm_first(work, ctx)
-        graph_model = to_ir(work)
-        graph = graph_model.graph
-        slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
-        means = {}
-        if params.bias_correction and ctx.data and slots:
-            means = input_means(work, [n for s in slots for n in s.nodes], ctx.data)
         scale_dtype = np.float16 if params.scale_dtype == "float16" else np.float32
         clip = params.clip if params.clip != "auto" else ("mse" if params.bits <= 4 else "minmax")
         build = cast_mul_subgraph if params.decode == "cast_mul" else dequantize_subgraph
-        before = after = 0
-        for slot in slots:
+        kind = f"{'int' if params.symmetric else 'uint'}{params.bits}"
+
+        def compress(graph, slot: WeightSlot) -> Compressed:
             q, qp, decoded = quantize_slot(slot, params.bits, params.symmetric, params.granularity,
                                            params.block_size, clip, scale_dtype)
             if scale_dtype is np.float16 and not np.all(np.isfinite(np.asarray(qp.scale, np.float32))):
                 q, qp, decoded = quantize_slot(slot, params.bits, params.symmetric, params.granularity,
                                                params.block_size, clip, np.float32)
             out, nbytes = build(graph, slot.name, q, qp, slot.array.shape)
-            slot.value.replace_all_uses_with(out)
-            if slot.name in graph.initializers:
-                graph.initializers.pop(slot.name)
-            err = decoded - slot.array
-            std = float(np.std(slot.array)) or 1.0
-            figures = {"bits": params.bits, "granularity": params.granularity, "elements": int(slot.array.size),
-                       "bytes_before": int(slot.array.nbytes), "bytes_after": nbytes,
-                       "max_abs_error": float(np.max(np.abs(err))),
-                       "rel_rmse": float(np.sqrt(np.mean(err ** 2)) / std)}
-            if means:
-                figures.update(correct_slot(graph, slot, decoded, means))
-            before += slot.array.nbytes
-            after += nbytes
-            for node in slot.nodes:
-                notes.append(NodeNote(node_label(node), node.op_type, "quantized",
-                                      f"W {slot.name} -> {'int' if qp.signed else 'uint'}{params.bits} "
-                                      f"{params.granularity}", figures))
-        if not slots:
-            return PassResult(model, False, notes, summary="no weight to quantize; model unchanged")
-        n_qbias = 0
-        if params.quantize_biases:
+            return Compressed(out, nbytes, decoded,
+                              f"W {slot.name} -> {'int' if qp.signed else 'uint'}{params.bits} {params.granularity}",
+                              {"bits": params.bits, "granularity": params.granularity})
+
+        def quantize_biases(graph, notes: list[NodeNote]) -> Extra:
+            added = Extra()
             for value, readers, bias in find_biases(graph, params.op_types, params.exclude):
                 qp = compute_qparams(bias, 8, True)
                 q = quantize(bias, qp)
@@ -143,29 +109,20 @@ class QuantizeWeights(Pass):
                 value.replace_all_uses_with(out)
                 if value.name in graph.initializers:
                     graph.initializers.pop(value.name)
-                before += bias.nbytes
-                after += nbytes
-                n_qbias += 1
+                added.bytes_before += bias.nbytes
+                added.bytes_after += nbytes
+                added.count += 1
                 err = float(np.max(np.abs(dequantize(q, qp) - bias)))
                 for node in readers:
                     notes.append(NodeNote(node_label(node), node.op_type, "quantized",
                                           f"bias {value.name} -> int8 per_tensor",
                                           {"bytes_before": int(bias.nbytes), "bytes_after": nbytes,
                                            "max_abs_error": err}))
-        result = to_proto(graph_model)
-        problem = ort_load_error(result)
-        if problem:
-            notes.append(NodeNote("(model)", "", "skipped", f"onnxruntime cannot load the result: {problem}"))
-            return PassResult(model, False, notes,
-                              summary=f"left unchanged: onnxruntime cannot load the quantized model ({problem})")
-        n_bias, bias_bytes = float_bias_bytes(graph)
-        small = sum(1 for n in notes if n.action == "skipped" and "min_elements" in n.reason)
-        summary = (f"quantized {len(slots)} weights to {'int' if params.symmetric else 'uint'}{params.bits} "
-                   f"{params.granularity}" + (f" and {n_qbias} biases to int8" if n_qbias else "") +
-                   f": {fmt_bytes(before)} -> {fmt_bytes(after)} ({before / max(after, 1):.2f}x); "
-                   f"{n_bias} biases ({fmt_bytes(bias_bytes)}) and {small} small weights stay float")
-        if upgrade_note:
-            summary += f"; {upgrade_note}"
-        if fold_note:
-            summary += f"; {fold_note}"
-        return PassResult(result, True, notes, summary=summary)
+            return added
+
+        return run_weight_pass(
+            model, params, ctx, verb="quantized", compress=compress,
+            target_opset=required_opset(params.bits, params.granularity, params.scale_dtype, params.decode),
+            extra=quantize_biases if params.quantize_biases else None,
+            summary_head=lambda n, extra: f"quantized {n} weights to {kind} {params.granularity}"
+                                          + (f" and {extra.count} biases to int8" if extra.count else ""))
