@@ -52,7 +52,8 @@ def test_excluded_nodes_and_blocked_ops_stay_float32():
 
 
 def test_quantized_models_keep_float32_scales():
-    model = get_pass("quantize_weights")().apply(toy_model(), get_pass("quantize_weights").Params(min_elements=0),
+    model = get_pass("quantize_weights")().apply(toy_model(), get_pass("quantize_weights").Params(
+        min_elements=0, scale_dtype="float32", biases="float32"),
                                                  PassContext()).model
     out = apply(model).model
     onnx.checker.check_model(out, full_check=True)

@@ -143,6 +143,35 @@ def test_kmeans_beats_uniform_levels_at_same_bits():
     assert mse_kmeans < 0.6 * mse_uniform
 
 
+@pytest.mark.parametrize("seed,dist", [(7, "normal"), (8, "laplace"), (9, "outlier rows")])
+def test_scaled_codebook_never_worse_than_uniform_int4(seed, dist):
+    """One shared codebook over channel-scaled rows starts from uniform int4 (MSE-clipped per-row
+    scales) and only lowers the squared error from there."""
+    from edgeopt.quant.kmeans import scaled_codebook
+    rng = np.random.default_rng(seed)
+    w = rng.laplace(size=(32, 72)) if dist == "laplace" else rng.standard_normal((32, 72))
+    w *= rng.uniform(0.05, 2.0, size=(32, 1))  # rows of very different ranges
+    if dist == "outlier rows":
+        w[::5, 0] *= 12.0
+    w = w.astype(np.float32)
+    c, s, idx = scaled_codebook(w, 4)
+    assert c.shape == (16,) and s.shape == (32,) and idx.shape == w.shape and 0.0 in c.tolist()
+    sse_codebook = np.sum((s[:, None] * c[idx] - w) ** 2)
+    qp = compute_qparams(w, 4, True, axis=0, clip="mse")
+    sse_uniform = np.sum((dequantize(quantize(w, qp), qp) - w) ** 2)
+    assert sse_codebook < 0.97 * sse_uniform
+    c2, s2, idx2 = scaled_codebook(w, 4)
+    assert np.array_equal(c, c2) and np.array_equal(s, s2) and np.array_equal(idx, idx2)  # deterministic
+
+
+def test_scaled_codebook_zero_rows_decode_to_zero():
+    from edgeopt.quant.kmeans import scaled_codebook
+    w = np.random.default_rng(10).standard_normal((6, 20)).astype(np.float32)
+    w[2] = 0.0
+    c, s, idx = scaled_codebook(w, 3)
+    assert np.all(s > 0) and np.all(s[2] * c[idx[2]] == 0.0)
+
+
 def test_kmeans_fewer_distinct_values_than_centroids():
     c, idx = kmeans_1d(np.array([0.5, 0.5, -1.0]), 16)
     assert c.shape == (16,) and np.array_equal(c[idx], np.array([0.5, 0.5, -1.0], np.float32))

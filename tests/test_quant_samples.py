@@ -80,35 +80,48 @@ def _bytes(model):
 @pytest.mark.parametrize("stem", MODELS)
 def test_int8_weights(stem, test_data, calib_ctx):
     model = _model(stem)
-    default = _apply("quantize_weights", model, calib_ctx, bits=8)
-    assert default.modified and _bytes(model) / _bytes(default.model) >= 3.5  # float32 scales and biases
+    default = _apply("quantize_weights", model, calib_ctx, bits=8)  # float16 scales and biases
+    assert default.modified and _bytes(model) / _bytes(default.model) >= 3.9
     assert _acc(model, test_data) - _acc(default.model, test_data) <= 0.005
-    small = _apply("quantize_weights", model, calib_ctx, bits=8, scale_dtype="float16", quantize_biases=True)
-    assert _bytes(model) / _bytes(small.model) >= 3.9
-    assert _acc(model, test_data) - _acc(small.model, test_data) <= 0.005
+    wide = _apply("quantize_weights", model, calib_ctx, bits=8, scale_dtype="float32", biases="float32")
+    assert 3.5 <= _bytes(model) / _bytes(wide.model) < _bytes(model) / _bytes(default.model)
+    assert _acc(model, test_data) - _acc(wide.model, test_data) <= 0.005
 
 
 @pytest.mark.parametrize("stem", MODELS)
 def test_int4_weights(stem, test_data, calib_ctx):
     model = _model(stem)
-    per_channel = _apply("quantize_weights", model, calib_ctx, bits=4, scale_dtype="float16", quantize_biases=True)
+    per_channel = _apply("quantize_weights", model, calib_ctx, bits=4)
     assert per_channel.modified and per_channel.model.opset_import[0].version >= 21
     assert _bytes(model) / _bytes(per_channel.model) >= 7.0
     assert _acc(model, test_data) - _acc(per_channel.model, test_data) <= 0.02
-    block = _apply("quantize_weights", model, calib_ctx, bits=4, granularity="block", block_size=32,
-                   scale_dtype="float16", quantize_biases=True)
+    block = _apply("quantize_weights", model, calib_ctx, bits=4, granularity="block", block_size=32)
     assert _bytes(model) / _bytes(block.model) >= 6.5  # one float16 scale per 32 values caps it near 7.1x
     assert _acc(model, test_data) - _acc(block.model, test_data) <= 0.02
 
 
+def _layer_errors(result):
+    return {n.reason.split()[1]: n.figures["rel_rmse"] for n in result.notes if n.figures.get("bits")}
+
+
 @pytest.mark.parametrize("stem", MODELS)
-def test_codebook_4bit_at_least_as_accurate_as_uniform_int4(stem, test_data, calib_ctx):
+def test_codebook_4bit_against_uniform_int4(stem, test_data, calib_ctx):
     model = _model(stem)
-    # the same storage: 4-bit indices / integers plus one float32 scale per output channel
-    uniform = _apply("quantize_weights", model, calib_ctx, bits=4, clip="minmax")
+    # the same storage: 4-bit indices / integers plus one float16 scale per output channel
+    uniform = _apply("quantize_weights", model, calib_ctx, bits=4)  # MSE-clipped ranges
     codebook = _apply("quantize_codebook", model, calib_ctx, bits=4, granularity="channel_scaled")
-    assert _acc(codebook.model, test_data) >= _acc(uniform.model, test_data)
-    assert _bytes(model) / _bytes(codebook.model) >= 5.9
+    # the fit starts from the uniform int4 solution and never raises the error: no layer is worse
+    # (up to the float16 rounding of the refitted codebook)
+    errors_u, errors_c = _layer_errors(uniform), _layer_errors(codebook)
+    assert errors_u.keys() == errors_c.keys() and len(errors_c) >= 7
+    assert all(errors_c[k] <= errors_u[k] * 1.001 for k in errors_c)
+    assert sum(errors_c.values()) < 0.97 * sum(errors_u.values())
+    minmax = _apply("quantize_weights", model, calib_ctx, bits=4, clip="minmax")
+    assert _acc(codebook.model, test_data) >= _acc(minmax.model, test_data)
+    # accuracy on 540 images: as good as float32 (int4 per-channel exceeds float32 by 2 images on
+    # resnet_digits, which a closer fit cannot be asked to reproduce; bench/RESULTS_quant.md)
+    assert _acc(codebook.model, test_data) >= _acc(model, test_data)
+    assert _bytes(model) / _bytes(codebook.model) >= 7.0
 
 
 @pytest.mark.parametrize("stem", MODELS + VARIANTS)

@@ -82,7 +82,9 @@ def test_int8_per_channel_structure_bytes_and_numbers():
     for w in ("W1", "W2", "W3", "G", "M"):
         assert types[f"{w}_quantized"] == onnx.TensorProto.INT8
         assert w not in types  # the float weight is gone
-    assert types["b1"] == onnx.TensorProto.FLOAT and types["gb"] == onnx.TensorProto.FLOAT
+    # biases and per-channel scales are stored float16 (scale_dtype auto upgrades opset 13 -> 19)
+    assert types["b1_fp16"] == types["gb_fp16"] == types["G_scale"] == onnx.TensorProto.FLOAT16
+    assert "b1" not in types and out.opset_import[0].version == 19
     # per-channel axes: Conv out channels (0), Gemm transB=0 / MatMul [K, N] columns (1)
     axes = {n.input[0]: helper.get_attribute_value(n.attribute[0]) for n in out.graph.node
             if n.op_type == "DequantizeLinear"}
@@ -101,21 +103,24 @@ def test_decoded_weights_match_numpy_math():
     """onnxruntime's DequantizeLinear reproduces edgeopt.quant.dequantize exactly."""
     from edgeopt.quant import compute_qparams, dequantize, quantize
     model = toy_model()
-    out = apply(model, bits=4, granularity="block", block_size=16, symmetric=False, clip="minmax",
-                min_elements=0).model
-    probe = onnx.ModelProto()
-    probe.CopyFrom(out)
-    reshape = next(n for n in out.graph.node if n.op_type == "Reshape" and n.output[0] in
-                   {i for m in out.graph.node if m.op_type == "Conv" and m.name == "conv_0" for i in m.input})
-    probe.graph.output.add().name = reshape.output[0]
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    decoded = session.run(None, FEED)[1]
     w1 = numpy_helper.to_array(initializer(model, "W1"))
-    qp = compute_qparams(w1.reshape(16, 27), 4, False, axis=1, block_size=16)
-    expected = dequantize(quantize(w1.reshape(16, 27), qp), qp).reshape(w1.shape)
-    np.testing.assert_array_equal(decoded, expected)
-    assert initializer(out, "W1_quantized").data_type == onnx.TensorProto.UINT4
-    assert list(initializer(out, "W1_scale").dims) == [16, 2]  # 27 values per row -> 2 blocks of 16
+    for scale_dtype, np_dtype in (("float32", np.float32), ("float16", np.float16)):
+        out = apply(model, bits=4, granularity="block", block_size=16, symmetric=False, clip="minmax",
+                    min_elements=0, scale_dtype=scale_dtype).model
+        probe = onnx.ModelProto()
+        probe.CopyFrom(out)
+        reshape = next(n for n in out.graph.node if n.op_type == "Reshape" and n.output[0] in
+                       {i for m in out.graph.node if m.op_type == "Conv" and m.name == "conv_0" for i in m.input})
+        probe.graph.output.add().name = reshape.output[0]
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        decoded = session.run(None, FEED)[1]
+        qp = compute_qparams(w1.reshape(16, 27), 4, False, axis=1, block_size=16, scale_dtype=np_dtype)
+        expected = dequantize(quantize(w1.reshape(16, 27), qp), qp)
+        if np_dtype is np.float16:  # DequantizeLinear's output is float16 too: one more rounding
+            expected = expected.astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(decoded, expected.reshape(w1.shape))
+        assert initializer(out, "W1_quantized").data_type == onnx.TensorProto.UINT4
+        assert list(initializer(out, "W1_scale").dims) == [16, 2]  # 27 values per row -> 2 blocks of 16
 
 
 @pytest.mark.parametrize("params,max_rel_err,min_ratio", [
@@ -138,8 +143,10 @@ def test_modes_error_and_size(params, max_rel_err, min_ratio):
 
 def test_int4_upgrades_opset_and_int8_per_channel_needs_13():
     old = toy_model(opset=11)
-    r8 = apply(old, bits=8, min_elements=0)
+    r8 = apply(old, bits=8, min_elements=0, scale_dtype="float32")
     assert r8.model.opset_import[0].version == 13 and "opset upgraded 11 -> 13" in r8.summary
+    r8_half = apply(old, bits=8, min_elements=0)  # auto: float16 scales, which need opset 19
+    assert r8_half.model.opset_import[0].version == 19 and "opset upgraded 11 -> 19" in r8_half.summary
     r4 = apply(old, bits=4, min_elements=0)
     assert r4.model.opset_import[0].version == 21 and r4.model.ir_version >= 10
     assert initializer(r4.model, "W1_quantized").data_type == onnx.TensorProto.INT4
@@ -159,7 +166,9 @@ def test_weights_in_constant_nodes_are_quantized():
 def test_small_tensors_and_exclusions_stay_float_with_reasons():
     model = toy_model()
     result = apply(model, bits=8, min_elements=200, exclude=["matmul_*", "conv_3"])
-    notes = {n.node: n for n in result.notes}
+    notes = {}
+    for note in result.notes:  # the weight's note (each layer's bias note follows it)
+        notes.setdefault(note.node, note)
     assert notes["conv_2"].action == "skipped" and "144 elements < min_elements 200" in notes["conv_2"].reason
     assert notes["matmul_8"].action == "skipped" and "matmul_*" in notes["matmul_8"].reason
     assert notes["conv_3"].action == "skipped" and "excluded" in notes["conv_3"].reason
@@ -222,8 +231,9 @@ def test_bad_parameter_is_rejected_with_its_location():
         parse_recipe(doc, Path("r.yaml"))
 
 
-@pytest.mark.parametrize("params", [dict(bits=8), dict(bits=8, symmetric=False, granularity="per_tensor"),
-                                    dict(bits=4, granularity="block", block_size=16),
+@pytest.mark.parametrize("params", [dict(bits=8), dict(bits=8, scale_dtype="float32"),
+                                    dict(bits=8, symmetric=False, granularity="per_tensor"),
+                                    dict(bits=4, granularity="block", block_size=16, scale_dtype="float32"),
                                     dict(bits=4, granularity="block", block_size=16, symmetric=False,
                                          scale_dtype="float16")])
 def test_cast_mul_decode_equals_dequantize_linear(params):
@@ -257,7 +267,8 @@ def test_cast_mul_decode_equals_dequantize_linear(params):
             assert {n.op_type for n in folded.graph.node} <= {"Conv", "Relu", "GlobalAveragePool", "Flatten",
                                                               "Gemm", "MatMul"}
     for node in names:
-        if params.get("scale_dtype") == "float16":  # DequantizeLinear then computes in float16, Mul in float32
+        half = initializer(out, "W1_scale").data_type == onnx.TensorProto.FLOAT16
+        if half:  # DequantizeLinear then computes in float16, Mul in float32
             np.testing.assert_allclose(decoded["cast_mul"][node], decoded["dequantize_linear"][node], rtol=1e-3)
         else:
             np.testing.assert_array_equal(decoded["cast_mul"][node], decoded["dequantize_linear"][node])
@@ -266,19 +277,43 @@ def test_cast_mul_decode_equals_dequantize_linear(params):
 def test_quantize_biases_and_auto_clip():
     model = toy_model()
     ref = run(model)
-    result = apply(model, bits=8, min_elements=0, quantize_biases=True)
+    result = apply(model, bits=8, min_elements=0, biases="int8")
     types = {t.name: t.data_type for t in result.model.graph.initializer}
     assert types["b1_quantized"] == types["gb_quantized"] == onnx.TensorProto.INT8
-    assert "b1" not in types and "and 2 biases to int8" in result.summary
+    assert "b1" not in types and "2 biases to int8 (160 B -> 48 B)" in result.summary  # 40 B + 2 scales
     assert np.abs(run(result.model) - ref).max() < 0.02 * np.abs(ref).max()
+    kept = apply(model, bits=8, min_elements=0, biases="float32")
+    types = {t.name: t.data_type for t in kept.model.graph.initializer}
+    assert types["b1"] == types["gb"] == onnx.TensorProto.FLOAT and "2 biases (160 B) stay float32" in kept.summary
+
+    def weight_errors(result):
+        return {n.reason: n.figures["rel_rmse"] for n in result.notes if "rel_rmse" in n.figures}
     # auto clip: mse for 4 bits (smaller weight error than minmax), minmax for 8
-    auto4 = {n.reason: n.figures["rel_rmse"] for n in apply(model, bits=4, min_elements=0).notes if n.figures}
-    mm4 = {n.reason: n.figures["rel_rmse"] for n in apply(model, bits=4, clip="minmax", min_elements=0).notes
-           if n.figures}
-    assert all(auto4[k] <= mm4[k] for k in auto4) and sum(auto4.values()) < sum(mm4.values())
-    auto8 = [n.figures for n in apply(model, bits=8, min_elements=0).notes if n.figures]
-    mm8 = [n.figures for n in apply(model, bits=8, clip="minmax", min_elements=0).notes if n.figures]
-    assert auto8 == mm8
+    auto4 = weight_errors(apply(model, bits=4, min_elements=0))
+    mm4 = weight_errors(apply(model, bits=4, clip="minmax", min_elements=0))
+    assert len(auto4) == 5 and all(auto4[k] <= mm4[k] for k in auto4) and sum(auto4.values()) < sum(mm4.values())
+    assert weight_errors(apply(model, bits=8, min_elements=0)) == weight_errors(
+        apply(model, bits=8, clip="minmax", min_elements=0))
+
+
+def test_float16_storage_falls_back_where_float16_cannot_hold_the_values():
+    model = toy_model()
+    w1 = initializer(model, "W1")
+    tiny = numpy_helper.to_array(w1).copy()
+    tiny[3] *= 1e-5  # channel 3's int8 scale (~1e-7) is below float16's normal range
+    w1.CopyFrom(numpy_helper.from_array(tiny, "W1"))
+    b1 = initializer(model, "b1")
+    b1.CopyFrom(numpy_helper.from_array(np.full(16, 1e5, np.float32), "b1"))  # beyond float16's 65504
+    result = apply(model, bits=8, min_elements=0)
+    types = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert types["W1_scale"] == types["b1"] == onnx.TensorProto.FLOAT
+    assert types["W2_scale"] == types["gb_fp16"] == onnx.TensorProto.FLOAT16
+    reasons = [n.reason for n in result.notes if n.node == "conv_0"]
+    assert "W W1 -> int8 per_channel, float32 scales (float16 cannot hold them)" in reasons
+    assert "bias b1 stays float32: |b| exceeds float16's range" in reasons
+    assert "1 biases to float16" in result.summary and "1 biases (64 B) stay float32" in result.summary
+    ref, got = run(model), run(result.model)
+    assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
 
 
 def test_gather_table_is_quantized_per_row():

@@ -9,48 +9,54 @@ import numpy as np
 import onnx
 
 from edgeopt.passes import Pass, PassContext, PassResult, param, register
-from edgeopt.quant.decode import codebook_subgraph
+from edgeopt.quant.decode import cast_mul_subgraph, codebook_subgraph
 from edgeopt.quant.driver import Compressed, run_weight_pass
-from edgeopt.quant.kmeans import kmeans_1d
+from edgeopt.quant.kmeans import kmeans_1d, scaled_codebook
 from edgeopt.quant.params import WeightPassParams
+from edgeopt.quant.qparams import float16_holds
 from edgeopt.quant.weights import WeightSlot
 
 
 def cluster_slot(slot: WeightSlot, bits: int, granularity: str, iters: int):
-    """(indices, codebook, gather axis or None, channel scale or None, decoded float32) for one weight."""
+    """(indices, codebook, gather axis or None, channel scale or None) for one weight.
+
+    channel_scaled: one codebook shared by all channels, each channel with its own scale, fitted
+    by quant.kmeans.scaled_codebook (never worse than uniform levels at the same bits).
+    """
     w = slot.array
     k = 1 << bits
     if granularity == "channel_scaled" and w.ndim >= 2:
         axis = slot.channel_axis
-        others = tuple(i for i in range(w.ndim) if i != axis)
+        rows = np.moveaxis(w, axis, 0)
+        codebook, scale, indices = scaled_codebook(rows.reshape(rows.shape[0], -1), bits, iters)
         view = [1] * w.ndim
         view[axis] = w.shape[axis]
-        absmax = np.max(np.abs(w), axis=others).reshape(view).astype(np.float64)
-        absmax = np.where(absmax > 0, absmax, 1.0)
-        # One codebook over the channel-normalised values, with a centroid pinned at 0 (shared
-        # levels that miss 0 shift whole channels), then each channel's scale refitted by least squares.
-        codebook, indices = kmeans_1d(w / absmax, k, iters, pin_zero=True)
-        unit = codebook[indices].astype(np.float64)
-        num = np.sum(unit * w, axis=others).reshape(view)
-        den = np.sum(unit * unit, axis=others).reshape(view)
-        scale = np.where(den > 0, num / np.maximum(den, 1e-30), absmax).astype(np.float32)
-        return indices, codebook, None, scale, (codebook[indices] * scale).astype(np.float32)
+        indices = np.moveaxis(indices.reshape(rows.shape), 0, axis)
+        scale = scale.reshape(view)
+        return indices, codebook, None, scale
     if granularity == "per_channel" and w.ndim >= 2:
         if slot.channel_axis == w.ndim - 1 and w.ndim == 2:
             # [K, N] with output channels last (MatMul, Gemm without transB): one codebook column per channel.
             cols = [kmeans_1d(w[:, j], k, iters) for j in range(w.shape[1])]
             codebook = np.stack([c for c, _ in cols], axis=1)  # [k, N]
             indices = np.stack([i for _, i in cols], axis=1)  # [K, N]
-            decoded = np.take_along_axis(codebook, indices, axis=0)
-            return indices, codebook, 0, None, decoded.reshape(w.shape)
+            return indices, codebook, 0, None
         rows = w.reshape(w.shape[0], -1)  # channels on axis 0 (Conv; ConvTranspose groups by input channel)
         parts = [kmeans_1d(rows[i], k, iters) for i in range(rows.shape[0])]
         codebook = np.stack([c for c, _ in parts])  # [C, k]
         indices = np.stack([i for _, i in parts])  # [C, M]
-        decoded = np.take_along_axis(codebook, indices, axis=1)
-        return indices, codebook, 1, None, decoded.reshape(w.shape)
+        return indices, codebook, 1, None
     codebook, indices = kmeans_1d(w, k, iters)
-    return indices, codebook, None, None, codebook[indices]
+    return indices, codebook, None, None
+
+
+def decode_codebook(indices: np.ndarray, codebook: np.ndarray, axis: int | None, scale: np.ndarray | None,
+                    shape: tuple[int, ...]) -> np.ndarray:
+    """What the decode subgraph computes (float32), for the error figures."""
+    codebook = np.asarray(codebook, np.float32)
+    values = codebook[indices] if axis is None else np.take_along_axis(codebook, indices, axis=axis)
+    values = values.reshape(shape)
+    return values if scale is None else (values * np.asarray(scale, np.float32)).astype(np.float32)
 
 
 @register
@@ -77,18 +83,28 @@ class QuantizeCodebook(Pass):
                           "scale (decoded by a Mul); or one codebook per output channel")
         iters: int = param(60, "k-means (Lloyd) iterations at most", ge=1, le=1000)
 
+
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
+        def storage(array: np.ndarray | None, per_value: bool) -> np.ndarray | None:
+            """float16 when scale_dtype allows it and float16 holds the values, else float32."""
+            if array is None:
+                return None
+            if params.scale_dtype != "float32" and float16_holds(array, per_value):
+                return np.asarray(array).astype(np.float16)
+            return np.asarray(array, np.float32)
+
         def compress(graph, slot: WeightSlot) -> Compressed:
-            indices, codebook, axis, scale, decoded = cluster_slot(slot, params.bits, params.granularity,
-                                                                    params.iters)
+            indices, codebook, axis, scale = cluster_slot(slot, params.bits, params.granularity, params.iters)
+            codebook, scale = storage(codebook, per_value=False), storage(scale, per_value=True)
             out, nbytes = codebook_subgraph(graph, slot.name, indices, codebook, params.bits, axis,
                                             slot.array.shape, scale)
+            decoded = decode_codebook(indices, codebook, axis, scale, slot.array.shape)
             return Compressed(out, nbytes, decoded,
                               f"W {slot.name} -> {1 << params.bits} centroids {params.granularity}",
                               {"bits": params.bits, "granularity": params.granularity,
-                               "centroids": int(codebook.size)})
+                               "centroids": int(codebook.size), "codebook_dtype": str(codebook.dtype)})
 
         return run_weight_pass(
             model, params, ctx, target_opset=21 if params.bits <= 4 else 13,  # UINT4 storage needs 21
-            verb="clustered", compress=compress,
-            summary_head=lambda n, _: f"clustered {n} weights into {1 << params.bits} centroids {params.granularity}")
+            verb="clustered", compress=compress, build_int8_bias=cast_mul_subgraph,
+            summary_head=lambda n: f"clustered {n} weights into {1 << params.bits} centroids {params.granularity}")

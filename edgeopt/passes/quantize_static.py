@@ -24,7 +24,7 @@ from edgeopt.verify.runtime import make_session, run_batched
 HEAVY_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 SENSITIVITY_SAMPLES = 64
 EVAL_SAMPLES = 256  # fidelity against the float model is measured on this many samples of the data
-LATENCY_QUANTILE = 0.1  # decisions use the 10th percentile: steady on a machine shared with other work
+LATENCY_SERIES = 2  # independent measurements (10th percentile and median) that must all show int8 faster
 
 
 def _take(feeds: dict[str, np.ndarray], n: int, multiple: int) -> dict[str, np.ndarray]:
@@ -56,7 +56,7 @@ class QuantizeStatic(Pass):
         "float the nodes whose quantization costs the most fidelity (greedy, by measured local error growth, "
         "until the outputs meet min_cosine and min_top1_agreement against the float model) and only keeps "
         "the int8 model if its measured onnxruntime latency here beats the input model by latency_margin "
-        "(10th percentile, batch 1) with a median no worse "
+        "(10th percentile, batch 1) with a median no worse, in each of two independent measurements "
         "(else retries with only Conv/Gemm/MatMul quantized, else leaves the model unchanged with the "
         "figures). Without data in the recipe it calibrates on seeded random inputs and says so.")
     lossless = False
@@ -172,9 +172,17 @@ class QuantizeStatic(Pass):
                 one = {k: v[:multiple] for k, v in feeds.items()}
 
                 def faster(candidate):
-                    """(fp32 p10, int8 p10, fp32 median, int8 median, int8 is faster by the margin on both)."""
-                    (fp10, fp50), (q10, q50) = latency_quantiles([model, candidate], one)
-                    return fp10, q10, fp50, q50, q10 <= fp10 * (1 - params.latency_margin) and q50 <= fp50
+                    """(fp32 p10, int8 p10, fp32 median, int8 median, int8 is faster by the margin on both).
+
+                    Two independent interleaved series, and both must show the gain: sub-millisecond runs
+                    on a shared host vary by +-10% from one series to the next, and one lucky series must
+                    not make a model that is no faster look faster (figures: the mean of the two)."""
+                    series = [latency_quantiles([model, candidate], one) for _ in range(LATENCY_SERIES)]
+                    ok = all(q10 <= fp10 * (1 - params.latency_margin) and q50 <= fp50
+                             for (fp10, fp50), (q10, q50) in series)
+                    fp10, fp50, q10, q50 = (float(np.mean([s[i][j] for s in series])) for i, j in
+                                            ((0, 0), (0, 1), (1, 0), (1, 1)))
+                    return fp10, q10, fp50, q50, ok
 
                 if params.check_latency:
                     lat_fp, lat_q, med_fp, med_q, ok = faster(q)

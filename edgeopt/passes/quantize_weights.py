@@ -8,13 +8,12 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.passes import Pass, PassContext, PassResult, param, register
 from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
-from edgeopt.quant.driver import Compressed, Extra, run_weight_pass
+from edgeopt.quant.driver import Compressed, graph_opset, run_weight_pass
 from edgeopt.quant.params import WeightPassParams
-from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
-from edgeopt.quant.select import node_label
-from edgeopt.quant.weights import WeightSlot, find_biases
+from edgeopt.quant.qparams import compute_qparams, dequantize, float16_holds, quantize
+from edgeopt.quant.weights import WeightSlot
 
 
 def required_opset(bits: int, granularity: str, scale_dtype: str, decode: str = "dequantize_linear") -> int:
@@ -59,8 +58,9 @@ class QuantizeWeights(Pass):
         "stay float. Granularity: one scale per tensor, per output channel, or per block of block_size "
         "values along the reduction axis (Conv weights are viewed as (out, in*kh*kw) for blocks). "
         "Per-channel needs opset 13, float16 scales 19, int4 or blocks 21: the model is upgraded with "
-        "onnx's version converter, and left unchanged with the reason when it cannot be. Biases and "
-        "tensors smaller than min_elements stay float.")
+        "onnx's version converter, and left unchanged with the reason when it cannot be (scale_dtype auto "
+        "falls back to float32 scales when only opset 19 is out of reach). Biases stay float (float16 by "
+        "default) and tensors smaller than min_elements stay float32.")
     lossless = False
 
     @dataclass
@@ -73,56 +73,42 @@ class QuantizeWeights(Pass):
         clip: Literal["auto", "minmax", "mse"] = param(
             "auto", "range per scale: the full min/max, or the clipped range with the least squared error; "
                     "auto: mse for 4 bits (outliers waste most of 15 levels), minmax for 8")
-        scale_dtype: Literal["float32", "float16"] = param(
-            "float32", "storage type of the scales (float16 halves their bytes, opset 19; decoded by a Cast)")
         decode: Literal["dequantize_linear", "cast_mul"] = param(
             "dequantize_linear",
             "dequantize_linear: the standard form int8/int4-aware runtimes keep compressed in memory "
             "(onnxruntime's CPU decodes it on every run: slower on this host); cast_mul: Cast and Mul of "
             "constants, which onnxruntime folds at load (fp32 speed here; only the file shrinks)")
-        quantize_biases: bool = param(
-            False, "biases too, as int8 with one scale per tensor (by default they stay float32)")
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
-        scale_dtype = np.float16 if params.scale_dtype == "float16" else np.float32
         clip = params.clip if params.clip != "auto" else ("mse" if params.bits <= 4 else "minmax")
         build = cast_mul_subgraph if params.decode == "cast_mul" else dequantize_subgraph
         kind = f"{'int' if params.symmetric else 'uint'}{params.bits}"
+        half_opset = required_opset(params.bits, params.granularity, "float16", params.decode)
+        f32_opset = required_opset(params.bits, params.granularity, "float32", params.decode)
+        # auto: float16 scales where there are many of them (per channel, per block); one scale per
+        # tensor is not worth an opset upgrade
+        wants_half = params.scale_dtype == "float16" or (
+            params.scale_dtype == "auto" and params.granularity != "per_tensor")
 
         def compress(graph, slot: WeightSlot) -> Compressed:
+            half = wants_half and graph_opset(graph) >= half_opset
             q, qp, decoded = quantize_slot(slot, params.bits, params.symmetric, params.granularity,
-                                           params.block_size, clip, scale_dtype)
-            if scale_dtype is np.float16 and not np.all(np.isfinite(np.asarray(qp.scale, np.float32))):
+                                           params.block_size, clip, np.float32)
+            if half and float16_holds(qp.scale):  # else tiny or huge channels: this tensor keeps float32
+                # the integers are derived from the float16 scales, so the decode is self-consistent
                 q, qp, decoded = quantize_slot(slot, params.bits, params.symmetric, params.granularity,
-                                               params.block_size, clip, np.float32)
+                                               params.block_size, clip, np.float16)
             out, nbytes = build(graph, slot.name, q, qp, slot.array.shape)
+            scales = ("" if qp.scale.dtype == np.float16 or not wants_half
+                      else ", float32 scales (float16 cannot hold them)" if half else ", float32 scales")
             return Compressed(out, nbytes, decoded,
-                              f"W {slot.name} -> {'int' if qp.signed else 'uint'}{params.bits} {params.granularity}",
-                              {"bits": params.bits, "granularity": params.granularity})
-
-        def quantize_biases(graph, notes: list[NodeNote]) -> Extra:
-            added = Extra()
-            for value, readers, bias in find_biases(graph, params.op_types, params.exclude):
-                qp = compute_qparams(bias, 8, True)
-                q = quantize(bias, qp)
-                out, nbytes = build(graph, value.name or "bias", q, qp, bias.shape)
-                value.replace_all_uses_with(out)
-                if value.name in graph.initializers:
-                    graph.initializers.pop(value.name)
-                added.bytes_before += bias.nbytes
-                added.bytes_after += nbytes
-                added.count += 1
-                err = float(np.max(np.abs(dequantize(q, qp) - bias)))
-                for node in readers:
-                    notes.append(NodeNote(node_label(node), node.op_type, "quantized",
-                                          f"bias {value.name} -> int8 per_tensor",
-                                          {"bytes_before": int(bias.nbytes), "bytes_after": nbytes,
-                                           "max_abs_error": err}))
-            return added
+                              f"W {slot.name} -> {'int' if qp.signed else 'uint'}{params.bits} "
+                              f"{params.granularity}{scales}",
+                              {"bits": params.bits, "granularity": params.granularity,
+                               "scale_dtype": str(qp.scale.dtype)})
 
         return run_weight_pass(
-            model, params, ctx, verb="quantized", compress=compress,
-            target_opset=required_opset(params.bits, params.granularity, params.scale_dtype, params.decode),
-            extra=quantize_biases if params.quantize_biases else None,
-            summary_head=lambda n, extra: f"quantized {n} weights to {kind} {params.granularity}"
-                                          + (f" and {extra.count} biases to int8" if extra.count else ""))
+            model, params, ctx, verb="quantized", compress=compress, build_int8_bias=build,
+            target_opset=half_opset if params.scale_dtype == "float16" else f32_opset,
+            preferred_opset=half_opset if params.scale_dtype == "auto" and wants_half else None,
+            summary_head=lambda n: f"quantized {n} weights to {kind} {params.granularity}")

@@ -12,34 +12,10 @@ exact.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
-from edgeopt.graph.activations import collect_activations
 from edgeopt.graph.edit import add_initializer, const_array
-from edgeopt.verify.runtime import static_batch
-
-
-def input_means(model: onnx.ModelProto, nodes: list[ir.Node], feeds: dict[str, np.ndarray],
-                max_samples: int = 256) -> dict[str, np.ndarray]:
-    """Mean of each node's first input per channel (axis 1 for 4-D / 3-D, the last axis for 2-D)."""
-    names = sorted({n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None and n.inputs[0].name})
-    if not names:
-        return {}
-    step = static_batch(model) or 1
-    total = len(next(iter(feeds.values())))
-    n = min(max_samples, total)
-    n = max(step, n - n % step) if total >= step else total
-    feeds = {k: v[:n] for k, v in feeds.items()}
-    acts = collect_activations(model, names, feeds)
-    means = {}
-    for name, a in acts.items():
-        a = np.asarray(a, dtype=np.float64)
-        if a.ndim >= 3:
-            means[name] = a.mean(axis=tuple(i for i in range(a.ndim) if i != 1))
-        elif a.ndim == 2:
-            means[name] = a.mean(axis=0)
-    return means
+from edgeopt.quant.moments import moments_key
 
 
 def output_shift(node: ir.Node, delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
@@ -94,7 +70,7 @@ def correct_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray) -> str | Non
     return None
 
 
-def correct_slot(graph: ir.Graph, slot, decoded: np.ndarray, means: dict[str, np.ndarray]) -> dict:
+def correct_slot(graph: ir.Graph, slot, decoded: np.ndarray, moments: dict) -> dict:
     """Bias-correct every Conv / Gemm reading this weight: {"bias_shift_max": ...} or {"bias_correction": why not}."""
     delta = decoded.astype(np.float64) - slot.array.astype(np.float64)
     shifts, problems = [], []
@@ -102,8 +78,8 @@ def correct_slot(graph: ir.Graph, slot, decoded: np.ndarray, means: dict[str, np
         if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 2:
             problems.append(f"{node.op_type} not handled")
             continue
-        x = node.inputs[0]
-        mean = means.get(x.name) if x is not None else None
+        key = moments_key(node)
+        mean = moments[key].mean if key in moments else None
         if mean is None:
             problems.append("no activation mean")
             continue

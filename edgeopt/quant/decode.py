@@ -63,6 +63,22 @@ def _node(graph: ir.Graph, op: str, inputs, base: str, **attrs) -> ir.Value:
     return node.outputs[0]
 
 
+def cast_to_float(graph: ir.Graph, value: ir.Value, base: str) -> ir.Value:
+    """value (a float16 constant) as float32: a Cast of a constant, which onnxruntime folds at load."""
+    out = _node(graph, "Cast", [value], f"{base}_Cast", to=ir.DataType.FLOAT)
+    out.shape = value.shape
+    out.type = ir.TensorType(ir.DataType.FLOAT)
+    return out
+
+
+def float_const(graph: ir.Graph, base: str, array: np.ndarray) -> tuple[ir.Value, int]:
+    """A float32 / float16 constant read as float32 (float16 through cast_to_float); (value, bytes stored)."""
+    value = add_const(graph, base, array)
+    if array.dtype != np.float32:
+        value = cast_to_float(graph, value, base)
+    return value, int(array.nbytes)
+
+
 def dequantize_subgraph(graph: ir.Graph, base: str, q: np.ndarray, qp: QParams,
                         out_shape: tuple[int, ...]) -> tuple[ir.Value, int]:
     """DequantizeLinear of stored integers q (in qp's layout), reshaped to out_shape if needed.
@@ -102,14 +118,15 @@ def codebook_subgraph(graph: ir.Graph, base: str, indices: np.ndarray, codebook:
 
     Per tensor (gather_axis None): codebook [K], Gather(codebook, indices).
     Per channel: codebook and indices of the same rank, GatherElements on gather_axis.
-    Indices of <= 4 bits are stored packed as UINT4, else as uint8.
+    Indices of <= 4 bits are stored packed as UINT4, else as uint8. The codebook and channel_scale
+    are stored in their own dtype (float32 or float16, the latter Cast to float32 first).
     channel_scale (broadcastable to out_shape) multiplies the looked-up values (scaled codebooks).
     """
     store_bits = 4 if bits <= 4 else 8
     stored = int_tensor(indices, store_bits, False)
     i_val = add_const(graph, f"{base}_indices", stored)
-    c_val = add_const(graph, f"{base}_codebook", codebook.astype(np.float32))
-    nbytes = tensor_bytes(stored) + int(codebook.astype(np.float32).nbytes)
+    c_val, c_bytes = float_const(graph, f"{base}_codebook", codebook)
+    nbytes = tensor_bytes(stored) + c_bytes
     idx = _node(graph, "Cast", [i_val], f"{base}_Cast", to=ir.DataType.INT32)
     if gather_axis is None:
         out = _node(graph, "Gather", [c_val, idx], f"{base}_Gather", axis=0)
@@ -119,9 +136,9 @@ def codebook_subgraph(graph: ir.Graph, base: str, indices: np.ndarray, codebook:
         shape = add_const(graph, f"{base}_shape", np.asarray(out_shape, dtype=np.int64))
         out = _node(graph, "Reshape", [out, shape], f"{base}_Reshape")
     if channel_scale is not None:
-        scale = np.asarray(channel_scale, np.float32)
-        out = _node(graph, "Mul", [out, add_const(graph, f"{base}_channel_scale", scale)], f"{base}_Mul")
-        nbytes += int(scale.nbytes)
+        s_val, s_bytes = float_const(graph, f"{base}_channel_scale", np.asarray(channel_scale))
+        out = _node(graph, "Mul", [out, s_val], f"{base}_Mul")
+        nbytes += s_bytes
     out.shape = ir.Shape(out_shape)
     out.type = ir.TensorType(ir.DataType.FLOAT)
     return out, nbytes
@@ -154,7 +171,7 @@ def cast_mul_subgraph(graph: ir.Graph, base: str, q: np.ndarray, qp: QParams,
             view[qp.axis % q.ndim] = q.shape[qp.axis % q.ndim]
             scale, zp = scale.reshape(view), zp.reshape(view)
     stored = int_tensor(stored_q, qp.bits, qp.signed)
-    nbytes = tensor_bytes(stored) + int(scale.nbytes)
+    nbytes = tensor_bytes(stored)
     out = _node(graph, "Cast", [add_const(graph, f"{base}_quantized", stored)], f"{base}_Cast", to=ir.DataType.FLOAT)
     if not qp.signed:
         zp_t = int_tensor(zp, qp.bits, False)
@@ -162,9 +179,8 @@ def cast_mul_subgraph(graph: ir.Graph, base: str, q: np.ndarray, qp: QParams,
         zp_f = _node(graph, "Cast", [add_const(graph, f"{base}_zero_point", zp_t)], f"{base}_zp_Cast",
                      to=ir.DataType.FLOAT)
         out = _node(graph, "Sub", [out, zp_f], f"{base}_Sub")
-    s_val = add_const(graph, f"{base}_scale", scale)
-    if scale.dtype != np.float32:
-        s_val = _node(graph, "Cast", [s_val], f"{base}_scale_Cast", to=ir.DataType.FLOAT)
+    s_val, s_bytes = float_const(graph, f"{base}_scale", scale)
+    nbytes += s_bytes
     out = _node(graph, "Mul", [out, s_val], f"{base}_Mul")
     if qp.block_size is not None:
         axis = qp.axis % q.ndim

@@ -1,9 +1,10 @@
 """The loop every weight-compression pass runs, written once.
 
-upgrade the opset -> fold BN first -> find the weights -> compress each one
-(the pass's own step) -> optional extra step (int8 biases) -> check that
-onnxruntime loads the result -> notes and a one-line summary. A pass supplies
-only what differs: how one weight is compressed and how the summary starts.
+upgrade the opset (the preferred one, else the one the format needs) -> fold
+BN first -> find the weights -> compress each one (the pass's own step) ->
+store the biases (float16 / float32 / int8) -> check that onnxruntime loads
+the result -> notes and a one-line summary. A pass supplies only what
+differs: how one weight is compressed and how the summary starts.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import onnx_ir as ir
 
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes.base import NodeNote, PassContext, PassResult
-from edgeopt.quant.biascorrect import correct_slot, input_means
+from edgeopt.quant.biascorrect import correct_slot
+from edgeopt.quant.biases import store_biases
+from edgeopt.quant.moments import input_moments
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.params import WeightPassParams
 from edgeopt.quant.prepare import fold_batchnorm_first
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
-from edgeopt.quant.weights import WeightSlot, find_weights, float_bias_bytes
+from edgeopt.quant.weights import WeightSlot, find_weights
 
 
 @dataclass
@@ -38,22 +41,35 @@ class Compressed:
     figures: dict = field(default_factory=dict)
 
 
-@dataclass
-class Extra:
-    """What an extra step after the weights (e.g. int8 biases) added."""
+def graph_opset(graph: ir.Graph) -> int:
+    """The default-domain opset of the graph being rewritten (compress steps pick formats by it)."""
+    return graph.opset_imports.get("", 1)
 
-    bytes_before: int = 0
-    bytes_after: int = 0
-    count: int = 0
+
+def _upgrade(model: onnx.ModelProto, target: int, preferred: int | None) -> tuple[onnx.ModelProto, str]:
+    """The model at the preferred opset if it can be upgraded there, else at target (or OpsetUpgradeError)."""
+    if preferred and preferred > target:
+        try:
+            return ensure_opset(model, preferred)
+        except OpsetUpgradeError as exc:
+            work, note = ensure_opset(model, target)
+            why = str(exc).split("(", 1)[-1].rstrip(")")
+            return work, "; ".join(filter(None, [note, f"kept float32 scales: opset {preferred} not reachable ({why})"]))
+    return ensure_opset(model, target)
 
 
 def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassContext, *, target_opset: int,
                     verb: str, compress: Callable[[ir.Graph, WeightSlot], Compressed],
-                    summary_head: Callable[[int, Extra], str],
-                    extra: Callable[[ir.Graph, list[NodeNote]], Extra] | None = None) -> PassResult:
-    """Run the shared loop; `verb` ("quantized", "clustered") names what happened to each weight."""
+                    summary_head: Callable[[int], str], build_int8_bias: Callable,
+                    preferred_opset: int | None = None) -> PassResult:
+    """Run the shared loop; `verb` ("quantized", "clustered") names what happened to each weight.
+
+    target_opset is what the format needs; preferred_opset (optional, higher) what its smaller
+    variant needs (float16 scales): tried first, and compress sees the result through graph_opset.
+    build_int8_bias decodes int8 biases (params.biases == "int8") the way the pass decodes weights.
+    """
     try:
-        work, upgrade_note = ensure_opset(model, target_opset)
+        work, upgrade_note = _upgrade(model, target_opset, preferred_opset)
     except OpsetUpgradeError as exc:
         return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
                           summary=f"left unchanged: {exc}")
@@ -65,9 +81,9 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
     slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
     if not slots:
         return PassResult(model, False, notes, summary="no weight to compress; model unchanged")
-    means = {}
+    moments = {}
     if params.bias_correction and ctx.data:
-        means = input_means(work, [n for s in slots for n in s.nodes], ctx.data)
+        moments = input_moments(work, [n for s in slots for n in s.nodes], ctx.data)
     before = after = 0
     for slot in slots:
         done = compress(graph, slot)
@@ -79,24 +95,23 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
         figures = {"elements": int(slot.array.size), **done.figures, "bytes_before": int(slot.array.nbytes),
                    "bytes_after": done.nbytes, "max_abs_error": float(np.max(np.abs(err))),
                    "rel_rmse": float(np.sqrt(np.mean(err ** 2)) / std)}
-        if means:
-            figures.update(correct_slot(graph, slot, done.decoded, means))
+        if moments:
+            figures.update(correct_slot(graph, slot, done.decoded, moments))
         before += slot.array.nbytes
         after += done.nbytes
         notes.extend(NodeNote(node_label(node), node.op_type, verb, done.reason, figures) for node in slot.nodes)
-    added = extra(graph, notes) if extra else Extra()
-    before, after = before + added.bytes_before, after + added.bytes_after
+    biases = store_biases(graph, params.biases, params.op_types, params.exclude, notes, build_int8_bias)
+    before, after = before + biases.bytes_before, after + biases.bytes_after
     result = to_proto(graph_model)
     problem = ort_load_error(result)
     if problem:
         notes.append(NodeNote("(model)", "", "skipped", f"onnxruntime cannot load the result: {problem}"))
         return PassResult(model, False, notes,
                           summary=f"left unchanged: onnxruntime cannot load the {verb} model ({problem})")
-    n_bias, bias_bytes = float_bias_bytes(graph)
     small = sum(1 for n in notes if n.action == "skipped" and "min_elements" in n.reason)
-    summary = (f"{summary_head(len(slots), added)}: {fmt_bytes(before)} -> {fmt_bytes(after)} "
-               f"({before / max(after, 1):.2f}x); {n_bias} biases ({fmt_bytes(bias_bytes)}) and {small} small "
-               "weights stay float")
+    summary = (f"{summary_head(len(slots))}: {fmt_bytes(before)} -> {fmt_bytes(after)} "
+               f"({before / max(after, 1):.2f}x); {biases.describe()}; {small} small "
+               "weights stay float32")
     for note in (upgrade_note, fold_note):
         if note:
             summary += f"; {note}"

@@ -79,3 +79,81 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 60, pin_zero: bool = Fals
     centroids = best[0]
     labels = _assign(x, centroids)
     return centroids.astype(np.float32), labels.reshape(values.shape).astype(np.int32)
+
+
+def _assign_unsorted(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    order = np.argsort(centroids, kind="stable")
+    return order[_assign(x, centroids[order])]
+
+
+def _refine_scaled(w: np.ndarray, c: np.ndarray, s: np.ndarray, rounds: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Alternate exact minimisations of sum (w - s[:, None] * c[idx])^2 over idx, then s, then c.
+
+    No step can raise the error, so the result is never worse than the start. c[zero] stays 0.
+    """
+    k = c.size
+    zero = int(np.argmin(np.abs(c)))
+    c, s = c.copy(), s.copy()
+
+    def assign():
+        return _assign_unsorted(w / s[:, None], c)
+
+    def error(idx):
+        return float(np.sum((w - s[:, None] * c[idx]) ** 2))
+
+    idx = assign()
+    err = error(idx)
+    for _ in range(rounds):
+        prev = (c.copy(), s.copy(), idx)
+        u = c[idx]
+        den = np.sum(u * u, axis=1)
+        s = np.where(den > 0, np.sum(u * w, axis=1) / np.where(den > 0, den, 1.0), s)
+        s = np.where(s > 0, s, 1.0)  # a row the codebook cannot fit keeps a usable scale
+        num = np.bincount(idx.ravel(), weights=(w * s[:, None]).ravel(), minlength=k)
+        den_c = np.bincount(idx.ravel(), weights=np.broadcast_to((s * s)[:, None], w.shape).ravel(), minlength=k)
+        c = np.where(den_c > 0, num / np.where(den_c > 0, den_c, 1.0), c)
+        c[zero] = 0.0
+        idx = assign()
+        new = error(idx)
+        if new > err:  # only the scale guard above can do this: keep the last good state
+            c, s, idx = prev
+            break
+        converged = new > err * (1 - 1e-6)
+        err = new
+        if converged:
+            break
+    return c, s, idx, err
+
+
+def scaled_codebook(w: np.ndarray, bits: int, iters: int = 60, rounds: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One shared codebook c [2^bits] and a scale per row s [C] with w[o, j] ~= s[o] * c[idx[o, j]].
+
+    w is [C, n] (rows = output channels). Two starts, each refined by alternating exact
+    minimisations (indices, scales, centroids) and the one with the lower error kept:
+      - k-means of the rows divided by their max |w|, with a centroid pinned at 0;
+      - uniform levels -2^(bits-1) .. 2^(bits-1)-1 with each row's MSE-clipped symmetric scale,
+        which is exactly uniform int quantization at the same bits.
+    Since refining never raises the error, the codebook is never worse than uniform levels.
+    Returns (codebook float32 [k], scales float32 [C], indices int32 [C, n]).
+    """
+    from edgeopt.quant.qparams import compute_qparams  # imported here: qparams does not depend on kmeans
+
+    w = np.asarray(w, dtype=np.float64)
+    k = 1 << bits
+    absmax = np.max(np.abs(w), axis=1)
+    absmax = np.where(absmax > 0, absmax, 1.0)
+    starts = []
+    c0, _ = kmeans_1d(w / absmax[:, None], k, iters, pin_zero=True)
+    starts.append((c0.astype(np.float64), absmax))
+    if bits >= 2:
+        qp = compute_qparams(w.astype(np.float32), bits, True, axis=0, clip="mse")
+        grid = np.arange(-(k // 2), k // 2, dtype=np.float64)
+        starts.append((grid, np.asarray(qp.scale, np.float64)))
+    best = None
+    for c, s in starts:
+        result = _refine_scaled(w, c, s, rounds)
+        if best is None or result[3] < best[3]:
+            best = result
+    c, s, idx, _ = best
+    return c.astype(np.float32), s.astype(np.float32), idx.astype(np.int32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from edgeopt.passes.base import param
 from edgeopt.quant.weights import WEIGHT_OPS
@@ -21,6 +22,14 @@ class WeightPassParams:
     fold_batchnorm: bool = param(
         True, "fold BatchNormalization into the weights first (lossless), so BN parameters do not stay "
               "float and the folded weights are the ones rounded")
+    biases: Literal["float32", "float16", "int8"] = param(
+        "float16", "storage of the biases of the compressed layers: float16 (error far below the weights'; "
+                   "one stays float32 if it exceeds float16's range), float32, or int8 with one scale per tensor")
+    scale_dtype: Literal["auto", "float32", "float16"] = param(
+        "auto", "storage of the scales (and codebooks): float16 halves their bytes (a channel's scale rounded "
+                "by 2^-11 moves its weights far less than the rounding itself; DequantizeLinear needs opset "
+                "19 for it); auto: float16 for per-channel / block scales and codebooks if the model can be "
+                "upgraded, float32 for a single per-tensor scale and for tensors float16 cannot hold")
     min_elements: int = param(128, "weights with fewer elements stay float", ge=0)
     op_types: list[str] = param(default_factory=lambda: list(WEIGHT_OPS),
                                 help="operators whose weights are compressed")

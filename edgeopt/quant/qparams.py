@@ -35,6 +35,19 @@ class QParams:
     block_size: int | None = None
 
 
+def float16_holds(values: np.ndarray, per_value: bool = True) -> bool:
+    """Whether float16 storage keeps values to within 2^-10 relative: of each value (scales, which multiply
+    whole channels) or of the largest one (per_value=False: codebooks, where only absolute error counts)."""
+    v = np.asarray(values, dtype=np.float32)
+    if v.size == 0:
+        return True
+    half = v.astype(np.float16).astype(np.float32)
+    if not np.all(np.isfinite(half)):
+        return False
+    ref = np.abs(v) if per_value else np.max(np.abs(v))
+    return bool(np.all(np.abs(half - v) <= ref * 2.0 ** -10))
+
+
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
     """The integer range of the storage type: int4 [-8, 7], uint4 [0, 15], int8 [-128, 127], uint8 [0, 255]."""
     if signed:

@@ -120,18 +120,6 @@ def find_weights(graph: ir.Graph, op_types: list[str], exclude: list[str],
     return result, notes
 
 
-def float_bias_bytes(graph: ir.Graph) -> tuple[int, int]:
-    """(count, bytes) of the float biases of Conv / ConvTranspose / Gemm, which stay float."""
-    count = nbytes = 0
-    for node in graph:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2:
-            array = const_array(node.inputs[2])
-            if array is not None:
-                count += 1
-                nbytes += int(array.nbytes)
-    return count, nbytes
-
-
 def find_biases(graph: ir.Graph, op_types: list[str], exclude: list[str]):
     """(value, readers, array) of each constant float32 bias of Conv / ConvTranspose / Gemm whose readers
     are all such nodes (and not excluded)."""
