@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -103,6 +104,7 @@ def bench_digits(names: list[str]) -> list[dict]:
                    "file_bytes": len(model.SerializeToString()), "latency_ms": lat, "latency_fp32_ms": lat_fp,
                    "ratio": ratio, "p10_ratio": p10_ratio, "ratio_spread": spread,
                    "cosine": compare(ref, out)["cosine"], "accuracy": accuracy(out, labels),
+                   "correct": (np.argmax(out[0], axis=1) == labels).tolist(),
                    "accuracy_fp32": base_acc, "seconds": seconds, "summary": summary}
             rows.append(row)
             print(f"{stem:28s} {label:26s} wb={row['weight_bytes']:>9} lat={lat:.3f}/{lat_fp:.3f} ms "
@@ -138,6 +140,16 @@ def bench_resnet50() -> list[dict]:
     return [row]
 
 
+def sign_test(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
+    """Images only a gets right, only b gets right, and the exact two-sided sign-test p-value (McNemar)
+    that a and b are equally accurate: how far a gap of a few images is from chance."""
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+    return only_a, only_b, min(1.0, 2 * tail)
+
+
 def acceptance(digits: list[dict], r50: list[dict]) -> list[str]:
     """One line per criterion and model: the figure, the limit, met or not."""
     by = {(r["model"], r["config"]): r for r in digits}
@@ -169,9 +181,11 @@ def acceptance(digits: list[dict], r50: list[dict]) -> list[str]:
         cb = rows["codebook 4-bit channel_scaled"]
         for c in ("int4 per-channel", "int4 block 32", "int4 per-channel minmax"):
             u = rows[c]
+            only_cb, only_u, p = sign_test(cb["correct"], u["correct"])
             out.append(f"- {model}, codebook 4-bit channel_scaled {cb['accuracy'] * 100:.2f}% (cosine "
                        f"{cb['cosine']:.4f}, {ratio(cb):.2f}x) vs uniform {c} {u['accuracy'] * 100:.2f}% (cosine "
-                       f"{u['cosine']:.4f}, {ratio(u):.2f}x): {'met' if cb['accuracy'] >= u['accuracy'] else 'NOT met'}")
+                       f"{u['cosine']:.4f}, {ratio(u):.2f}x): {'met' if cb['accuracy'] >= u['accuracy'] else 'NOT met'}"
+                       f" (images only the codebook gets right {only_cb}, only int4 {only_u}; sign test p={p:.2f})")
         for c in ("static int8 all", "static int8 auto"):
             r = rows[c]
             speed = ""

@@ -333,3 +333,24 @@ def test_gather_table_is_quantized_per_row():
     got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
     step = np.abs(table).max(axis=1) / 7
     assert np.all(np.abs(got - table[ids]) <= step[ids][..., None] * 0.5 + 1e-6)
+
+
+def test_auto_scales_fall_back_to_float32_when_opset_19_is_out_of_reach(monkeypatch):
+    import edgeopt.quant.driver as driver
+    real = driver.ensure_opset
+
+    def no_19(model, target):
+        if target >= 19:
+            raise driver.OpsetUpgradeError("the model is opset 13 and this format needs opset 19, but onnx's "
+                                           "version converter cannot upgrade it (no adapter)")
+        return real(model, target)
+
+    monkeypatch.setattr(driver, "ensure_opset", no_19)
+    model = toy_model(opset=13)
+    result = apply(model, bits=8, min_elements=0)
+    assert result.modified and result.model.opset_import[0].version == 13
+    assert initializer(result.model, "W1_scale").data_type == onnx.TensorProto.FLOAT
+    assert "kept float32 scales: opset 19 not reachable (no adapter)" in result.summary
+    assert np.abs(run(result.model) - run(model)).max() < 0.02 * np.abs(run(model)).max()
+    forced = apply(model, bits=8, min_elements=0, scale_dtype="float16")  # asked for: unchanged, with why
+    assert not forced.modified and "needs opset 19" in forced.summary
