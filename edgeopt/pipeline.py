@@ -7,6 +7,7 @@ Nothing is written unless every pass verified and every check passed.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,13 +147,15 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
                           "accuracy": accuracy(first_outputs, inputs.labels)}
     del session
     records = [record]
-    # Only the previous stage is kept (memory: a stage of ResNet-50 is 100 MB), all of them with --keep-stages.
-    prev_model, prev_outputs = model, first_outputs
-    kept = [model] if options.keep_stages else []
-
     # Data-driven passes fit on calibration_data when the recipe has it, so `data` stays held out.
     calibration = load_data(recipe.calibration_data, model) if recipe.calibration_data else (
         inputs if recipe.data else None)
+    # Only the stage a pass works on is kept (memory: a stage of ResNet-50 is 100 MB), all of them
+    # with --keep-stages.
+    prev_model, prev_outputs = model, first_outputs
+    kept = [model] if options.keep_stages else []
+    del model
+    gc.collect()
     ctx = PassContext(data=calibration.feeds if calibration else None,
                       labels=calibration.labels if calibration else None,
                       input_shapes=shapes, device=devices[0] if devices else None, seed=recipe.seed)
@@ -162,6 +165,10 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         started = time.perf_counter()
         result = cls().apply(prev_model, spec.params, ctx)
         seconds = time.perf_counter() - started
+        prev_model = None  # the pass's input is not needed any more: free it before onnxruntime loads the result
+        # A pass's onnx_ir graph is full of reference cycles (nodes <-> values) that hold the old
+        # model's tensors until the cyclic collector runs: collect now, not after the next 300 MB.
+        gc.collect()
         session, outputs = _verify(result.model, label, inputs)
         fid = _fidelity(prev_outputs, first_outputs, outputs, inputs.labels)
         if fid.get("problem"):
@@ -176,6 +183,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         record.update(_profile_record(result.model, devices, shapes))
         record["measured_latency_ms"] = _measure(session, inputs, options.measure)
         del session
+        gc.collect()
         record["fidelity"] = fid
         record["summary"] = result.summary
         record["seconds"] = round(seconds, 3)
