@@ -9,6 +9,7 @@ import pytest
 from edgeopt.errors import UserError
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.recipe.load import parse_recipe
+from edgeopt.verify.runtime import make_session
 from test_quant_weights import run, stored_bytes, toy_model
 
 pytest.importorskip("onnxconverter_common")
@@ -75,3 +76,24 @@ def test_bad_parameter_rejected_with_location():
     doc = {"model": "m.onnx", "passes": [{"convert_fp16": {"max_finite_val": 70000}}]}
     with pytest.raises(UserError, match=r"passes\[0\]\.convert_fp16\.max_finite_val: must be in \(0, 65504\]"):
         parse_recipe(doc, Path("r.yaml"))
+
+
+def test_input_read_by_unnamed_nodes_converts():
+    """onnxconverter-common names its Casts after the nodes they feed: two unnamed readers of one
+    input used to get two Casts with one output name, a graph that is not SSA."""
+    rng = np.random.default_rng(3)
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 8, 6, 6] x) => (float[N, 16, 6, 6] y) {
+        a = Conv <pads = [1,1,1,1]> (x, W)
+        b = Conv <pads = [1,1,1,1]> (x, W)
+        y = Add(a, b)
+    }""")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(
+        rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "W"))
+    feeds = {"x": rng.standard_normal((2, 8, 6, 6)).astype(np.float32)}
+    result = apply(model)
+    assert result.modified, result.summary
+    onnx.checker.check_model(result.model, full_check=True)
+    assert all(not n.name for n in model.graph.node)  # the input model is left as it was
+    ref, got = (make_session(m).run(None, feeds)[0] for m in (model, result.model))
+    assert 0 < np.abs(got - ref).max() < 2e-3 * np.abs(ref).max()

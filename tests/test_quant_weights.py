@@ -354,3 +354,21 @@ def test_auto_scales_fall_back_to_float32_when_opset_19_is_out_of_reach(monkeypa
     assert np.abs(run(result.model) - run(model)).max() < 0.02 * np.abs(run(model)).max()
     forced = apply(model, bits=8, min_elements=0, scale_dtype="float16")  # asked for: unchanged, with why
     assert not forced.modified and "needs opset 19" in forced.summary
+
+
+def test_weights_inside_subgraphs_are_named_as_skipped():
+    rng = np.random.default_rng(2)
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 8, 6, 6] x, bool c) => (float[N, 16, 6, 6] y) {
+        y = If (c) <then_branch = t () => (float[N, 16, 6, 6] o) { o = Conv <pads = [1,1,1,1]> (x, W) },
+                    else_branch = e () => (float[N, 16, 6, 6] o2) { o2 = Conv <pads = [1,1,1,1]> (x, W2) }>
+    }""")
+    for name in ("W", "W2"):
+        model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32),
+                                                               name))
+    for params in (dict(bits=8), dict(bits=4)):
+        result = apply(model, **params)
+        assert not result.modified and result.model is model
+        assert "2 weight nodes inside If/Loop/Scan subgraphs are not handled" in result.summary
+        skipped = [n for n in result.notes if n.action == "skipped"]
+        assert len(skipped) == 2 and all("inside a subgraph of If" in n.reason for n in skipped)

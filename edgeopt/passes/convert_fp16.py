@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from edgeopt.graph.edit import add_initializer, to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.quant.prepare import name_nodes
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import excluded
@@ -82,9 +83,13 @@ class ConvertFp16(Pass):
         except ImportError:
             return PassResult(model, False, [], summary="left unchanged: onnxconverter-common is not installed "
                                                         "(pip install onnxconverter-common)")
+        original = model
         if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
             return PassResult(model, False, [NodeNote("(model)", "", "skipped", "the model already has float16 "
                                                       "weights")], summary="left unchanged: already float16")
+        # The converter names the Casts it inserts after the nodes they feed: unnamed or repeated
+        # names would give two Casts one output name (a graph that is not SSA).
+        model = name_nodes(model)
         blocked_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(ALWAYS_FLOAT32) | set(params.op_block_list))
         blocked_nodes = {n.name: excluded(n.name, n.op_type, params.exclude) for n in model.graph.node
                          if n.name and excluded(n.name, n.op_type, params.exclude)}
@@ -95,11 +100,11 @@ class ConvertFp16(Pass):
                     model, min_positive_val=params.min_positive_val, max_finite_val=params.max_finite_val,
                     keep_io_types=params.keep_io_types, op_block_list=blocked_ops,
                     node_block_list=sorted(blocked_nodes))
+            result, restored = _restore_float32_constants(model, result)
         except Exception as exc:  # the converter raises assorted errors on graphs it does not handle
             reason = f"onnxconverter-common cannot convert the model: {' '.join(str(exc).split())[:200]}"
-            return PassResult(model, False, [NodeNote("(model)", "", "skipped", reason)],
+            return PassResult(original, False, [NodeNote("(model)", "", "skipped", reason)],
                               summary=f"left unchanged: {reason}")
-        result, restored = _restore_float32_constants(model, result)
         problem = ort_load_error(result)
         if problem is None:
             try:
@@ -108,7 +113,7 @@ class ConvertFp16(Pass):
                 problem = f"fails the ONNX checker: {' '.join(str(exc).split())[:200]}"
         if problem:
             reason = f"the float16 model is not usable ({problem})"
-            return PassResult(model, False, [NodeNote("(model)", "", "skipped", reason)],
+            return PassResult(original, False, [NodeNote("(model)", "", "skipped", reason)],
                               summary=f"left unchanged: {reason}")
         notes = []
         for node in model.graph.node:

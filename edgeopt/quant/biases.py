@@ -43,8 +43,10 @@ class BiasStats:
         if self.count:
             parts.append(f"{self.count} biases to {self.mode} ({fmt_bytes(self.bytes_before)} -> "
                          f"{fmt_bytes(self.bytes_after)})")
-        if self.kept or not parts:
+        if self.kept:
             parts.append(f"{self.kept} biases ({fmt_bytes(self.kept_bytes)}) stay float32")
+        if not parts:
+            parts.append("no biases")
         return ", ".join(parts)
 
 

@@ -80,7 +80,9 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
     graph = graph_model.graph
     slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)
     if not slots:
-        return PassResult(model, False, notes, summary="no weight to compress; model unchanged")
+        inner = sum(1 for n in notes if "inside a subgraph" in n.reason)
+        return PassResult(model, False, notes, summary="no weight to compress; model unchanged" + (
+            f" ({inner} weight nodes inside If/Loop/Scan subgraphs are not handled)" if inner else ""))
     moments = {}
     if params.bias_correction and ctx.data:
         moments = input_moments(work, [n for s in slots for n in s.nodes], ctx.data)

@@ -45,20 +45,26 @@ def _fold_batchnorm(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.Mode
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every unnamed node a unique name (exclusions and notes refer to nodes by name)."""
-    taken = {n.name for n in model.graph.node if n.name}
-    if len(taken) == len(model.graph.node):
+    """Give every unnamed node, and every node after the first of a repeated name, a unique name
+    (exclusions and notes refer to nodes by name; converters name what they insert after them)."""
+    names = [n.name for n in model.graph.node]
+    if all(names) and len(set(names)) == len(names):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    taken = set(filter(None, names))
+    seen: set[str] = set()
     for i, node in enumerate(out.graph.node):
-        if not node.name:
-            base = f"{node.op_type}_{node.output[0] if node.output else i}"
-            name, k = base, 1
-            while name in taken:
-                name, k = f"{base}_{k}", k + 1
-            node.name = name
-            taken.add(name)
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{node.output[0] if node.output else i}"
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        node.name = name
+        taken.add(name)
+        seen.add(name)
     return out
 
 

@@ -56,10 +56,31 @@ def _role(node: ir.Node) -> tuple[int, int, int, bool] | str:
     return f"{op} has no weight this pass handles"
 
 
+def _subgraphs(node: ir.Node):
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.value
+        elif attr.type == ir.AttributeType.GRAPHS:
+            yield from attr.value
+
+
+def subgraph_notes(graph: ir.Graph) -> list[NodeNote]:
+    """A skip note for each weight op inside an If / Loop / Scan body: the passes rewrite the main graph only."""
+    notes = []
+    for node in graph:
+        for sub in _subgraphs(node):
+            for inner in ir.traversal.RecursiveGraphIterator(sub):
+                if inner.op_type in WEIGHT_OPS and inner.domain in ("", "ai.onnx"):
+                    notes.append(NodeNote(node_label(inner), inner.op_type, "skipped",
+                                          f"inside a subgraph of {node.op_type} {node_label(node)}: "
+                                          "subgraphs stay float32"))
+    return notes
+
+
 def find_weights(graph: ir.Graph, op_types: list[str], exclude: list[str],
                  min_elements: int) -> tuple[list[WeightSlot], list[NodeNote]]:
     """The weights to quantize (one slot per tensor, however many nodes read it) and the skip notes."""
-    notes: list[NodeNote] = []
+    notes: list[NodeNote] = subgraph_notes(graph)
     slots: dict[int, WeightSlot] = {}
     order: list[int] = []
     for node in graph:
