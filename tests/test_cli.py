@@ -117,9 +117,21 @@ class _Breaks(Pass):
         return PassResult(out, True)
 
 
+class _Raises(Pass):
+    """A pass with a bug: raises instead of skipping what it cannot handle."""
+
+    name = "test_raises"
+    summary = "test only"
+
+    def apply(self, model, params, ctx):
+        raise IndexError("too many indices for array")
+
+
 @pytest.mark.parametrize("cls, message", [
     (_Doubles, "pass test_doubles_output (passes[1]) is lossless but its outputs diverged: max abs error"),
     (_Breaks, "pass test_breaks_model (passes[1]) produced a model that fails the ONNX checker"),
+    (_Raises, "pass test_raises (passes[1]) failed on this model (IndexError: too many indices for array); "
+              "nothing was written. This is a bug in edgeopt"),
 ])
 def test_pass_that_fails_verification_exits_3(tmp_path, monkeypatch, write_recipe, tiny_model_path, cls, message):
     monkeypatch.setitem(passes_pkg._REGISTRY, cls.name, cls)

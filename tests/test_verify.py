@@ -67,3 +67,13 @@ def test_compare_flags_nan_and_size_changes():
     assert "NaN" in compare([np.ones(3)], [np.array([1.0, np.nan, 1.0])])["problem"]
     assert "sizes differ" in compare([np.ones(3)], [np.ones(4)])["problem"]
 
+
+
+def test_feeds_slice_batched_inputs_and_pass_scalars_whole():
+    from edgeopt.verify.feeds import sample_count, take, take_index
+    feeds = {"flag": np.array(True), "x": np.arange(10).reshape(5, 2)}
+    assert sample_count(feeds) == 5 and sample_count({"flag": np.array(1.0)}) == 1
+    part = take(feeds, 1, 3)
+    assert part["flag"].ndim == 0 and part["x"].tolist() == [[2, 3], [4, 5]]
+    assert take(feeds, 2)["x"].shape == (2, 2)
+    assert take_index(feeds, np.array([4, 0]))["x"][:, 0].tolist() == [8, 0]

@@ -15,6 +15,7 @@ from edgeopt.factorize.patches import sample_patches
 from edgeopt.graph.activations import collect_activations
 from edgeopt.graph.edit import const_array, single_consumer
 from edgeopt.graph.shapes import fix_input_shapes, resolve_input_shapes
+from edgeopt.verify.feeds import sample_count, take
 
 CALIBRATION_SAMPLES = 256  # calibration inputs used at most (the first ones)
 CALIBRATION_CHUNK = 32  # inputs per onnxruntime run while collecting patches
@@ -121,14 +122,14 @@ def collect_patches(model: onnx.ModelProto, layers: list[ConvLayer], feeds: dict
     same layer (the original and a partly split one) give patches at the
     same positions.
     """
-    total = min(len(next(iter(feeds.values()))), CALIBRATION_SAMPLES)
+    total = min(sample_count(feeds), CALIBRATION_SAMPLES)
     rngs = {layer.name: np.random.default_rng([seed, zlib.crc32(layer.name.encode())]) for layer in layers}
     wanted = sorted({layer.input_name for layer in layers if layer.input_name not in feeds})
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {layer.name: [] for layer in layers}
     budget = {layer.name: min(PATCHES_PER_LAYER, PATCH_FLOATS // layer.weight[0].size) for layer in layers}
     for start in range(0, total, CALIBRATION_CHUNK):
         stop = min(start + CALIBRATION_CHUNK, total)
-        chunk = {k: v[start:stop] for k, v in feeds.items()}
+        chunk = take(feeds, start, stop)
         values = collect_activations(model, wanted, chunk) if wanted else {}
         values.update(chunk)
         for layer in layers:

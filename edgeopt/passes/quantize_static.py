@@ -13,13 +13,13 @@ from edgeopt.quant.calibrate import StaticQuantizer
 from edgeopt.quant.opset import OpsetUpgradeError
 from edgeopt.quant.prepare import prepare_float
 from edgeopt.quant.runtime import ort_load_error
-from edgeopt.verify.runtime import static_batch
 from edgeopt.quant.select import excluded
 from edgeopt.quant.sensitivity import local_errors, quantized_nodes
 from edgeopt.quant.timing import latency_quantiles
+from edgeopt.verify.feeds import sample_count, take
 from edgeopt.verify.fidelity import compare
 from edgeopt.verify.inputs import random_inputs
-from edgeopt.verify.runtime import make_session, run_batched
+from edgeopt.verify.runtime import make_session, run_batched, static_batch
 
 HEAVY_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 SENSITIVITY_SAMPLES = 64
@@ -29,10 +29,10 @@ LATENCY_SERIES = 2  # independent measurements (10th percentile and median) that
 
 def _take(feeds: dict[str, np.ndarray], n: int, multiple: int) -> dict[str, np.ndarray]:
     """The first n samples (rounded down to a multiple of the model's fixed batch, at least one batch)."""
-    total = len(next(iter(feeds.values())))
+    total = sample_count(feeds)
     n = min(n, total)
     n = max(multiple, n - n % multiple)
-    return {k: v[:n] for k, v in feeds.items()}
+    return take(feeds, n)
 
 
 def _check(model: onnx.ModelProto) -> str | None:
@@ -112,14 +112,14 @@ class QuantizeStatic(Pass):
             if feeds is None:
                 return unchanged("no calibration data and no input shapes to make random inputs")
         calib = _take(feeds, params.samples, multiple)
-        batch = multiple if multiple > 1 else min(32, len(next(iter(calib.values()))))
+        batch = multiple if multiple > 1 else min(32, sample_count(calib))
 
         names = {n.name: n.op_type for n in prepared.graph.node}
         user_excluded = {n: p for n, op in names.items() if (p := excluded(n, op, params.exclude))}
         auto_excluded: dict[str, float] = {}
         notes: list[NodeNote] = []
         op_types = None
-        figures: dict = {"calibration": params.calibration, "samples": len(next(iter(calib.values()))),
+        figures: dict = {"calibration": params.calibration, "samples": sample_count(calib),
                          "prepared": prep_steps}
         try:
             sq = StaticQuantizer(prepared, calib, batch, params.calibration, params.percentile, params.per_channel,
@@ -169,7 +169,7 @@ class QuantizeStatic(Pass):
                         f"int8 misses the fidelity budget even with {len(auto_excluded)} nodes in float "
                         f"(cosine {fid.get('cosine'):.4f} < {params.min_cosine} or top-1 agreement "
                         f"{fid.get('top1_agreement')} < {params.min_top1_agreement})")
-                one = {k: v[:multiple] for k, v in feeds.items()}
+                one = take(feeds, multiple)
 
                 def faster(candidate):
                     """(fp32 p10, int8 p10, fp32 median, int8 median, int8 is faster by the margin on both).

@@ -13,16 +13,17 @@ import numpy as np
 import onnx
 
 
+from edgeopt.verify.feeds import sample_count, take, take_index
 from edgeopt.verify.runtime import make_session, static_batch
 
 
 def subsample(data: dict[str, np.ndarray], max_samples: int, seed: int) -> dict[str, np.ndarray]:
     """At most max_samples samples, chosen with the seed (kept in their original order)."""
-    n = len(next(iter(data.values())))
+    n = sample_count(data)
     if n <= max_samples:
         return data
     idx = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
-    return {k: v[idx] for k, v in data.items()}
+    return take_index(data, idx)
 
 
 class Probe:
@@ -45,13 +46,13 @@ class Probe:
 
     def chunks(self, data: dict[str, np.ndarray], chunk: int = 64) -> Iterator[dict[str, np.ndarray]]:
         """The named tensors, `chunk` samples at a time (a multiple of a fixed batch)."""
-        n = len(next(iter(data.values())))
+        n = sample_count(data)
         step = chunk
         if self.static_batch:
             step = self.static_batch * max(1, chunk // self.static_batch)
         for start in range(0, n, step):
-            feeds = {k: v[start:start + step] for k, v in data.items()}
-            if self.static_batch and len(next(iter(feeds.values()))) % self.static_batch:
+            feeds = take(data, start, start + step)
+            if self.static_batch and sample_count(feeds) % self.static_batch:
                 break
             yield dict(zip(self.names, self.session.run(self.names, feeds)))
 

@@ -19,6 +19,7 @@ from edgeopt.passes.base import NodeNote
 from edgeopt.prune.groups import _attr, node_label
 from edgeopt.prune.im2col import conv_geometry, patches, sample_positions
 from edgeopt.prune.probe import Probe, subsample
+from edgeopt.verify.feeds import sample_count
 
 RIDGE = 1e-3  # relative to the mean diagonal of A^T A (1e-4..1e-2 within 0.4 points on the digits nets)
 MAX_ROWS = 20000  # regression rows per layer (sampled output positions)
@@ -66,7 +67,7 @@ def refit(original: onnx.ModelProto, pruned: ir.Model, consumers: list[str], out
     """Refit, in place on `pruned`, the layers producing the tensors `consumers` (by output name)."""
     rng = np.random.default_rng(seed)
     sample = subsample(data, max_samples, seed)
-    n_chunks = -(-len(next(iter(sample.values()))) // CHUNK)
+    n_chunks = -(-sample_count(sample) // CHUNK)
     graph = pruned.graph
     order = {n.outputs[0].name: i for i, n in enumerate(graph) if n.outputs}
     known = {o for n in original.graph.node for o in n.output}

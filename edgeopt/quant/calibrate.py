@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+
+from edgeopt.verify.feeds import sample_count, take
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
@@ -33,13 +36,13 @@ class ArrayReader:
     def __init__(self, feeds: dict[str, np.ndarray], batch: int):
         self.feeds = feeds
         self.batch = batch
-        self.n = len(next(iter(feeds.values())))
+        self.n = sample_count(feeds)
         self.pos = 0
 
     def get_next(self):
         if self.pos >= self.n:
             return None
-        out = {k: v[self.pos:self.pos + self.batch] for k, v in self.feeds.items()}
+        out = take(self.feeds, self.pos, self.pos + self.batch)
         self.pos += self.batch
         return out
 
@@ -105,6 +108,8 @@ class StaticQuantizer:
         logger = logging.getLogger()
         level = logger.level
         logger.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on every call
+        # its calibration sessions log onnxruntime warnings (unused initializers) to stderr
+        ort.set_default_logger_severity(3)
         # The histogram calibrators print progress to stdout, which must stay parseable (--format json).
         chatter = io.StringIO()
         try:
@@ -116,4 +121,5 @@ class StaticQuantizer:
                     calibrate_method=method, extra_options=extra, calibration_cache_path=self.cache)
         finally:
             logger.setLevel(level)
+            ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
         return onnx.load(str(out))

@@ -15,6 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.graph.activations import collect_activations
+from edgeopt.verify.feeds import sample_count, take
 from edgeopt.verify.runtime import static_batch
 
 
@@ -48,10 +49,10 @@ def input_moments(model: onnx.ModelProto, nodes: list[ir.Node], feeds: dict[str,
     if not keys:
         return {}
     step = static_batch(model) or 1
-    total = len(next(iter(feeds.values())))
+    total = sample_count(feeds)
     n = min(max_samples, total)
     n = max(step, n - n % step) if total >= step else total
-    feeds = {k: v[:n] for k, v in feeds.items()}
+    feeds = take(feeds, n)
     acts = collect_activations(model, sorted({name for name, _ in keys}), feeds)
     out = {}
     for name, channel_first in keys:

@@ -11,6 +11,7 @@ from onnx import helper
 
 from edgeopt.errors import UserError
 from edgeopt.graph.shapes import graph_inputs
+from edgeopt.verify.feeds import sample_count, take
 
 RANDOM_BATCH = 8  # samples of random input when the batch dim is free: top-1 agreement needs a few
 
@@ -23,11 +24,11 @@ class Inputs:
 
     @property
     def batch(self) -> int:
-        return len(next(iter(self.feeds.values())))
+        return sample_count(self.feeds)
 
     def first(self, n: int = 1) -> dict[str, np.ndarray]:
         """The first n samples, e.g. a batch-1 feed for latency measurement."""
-        return {k: v[:n] for k, v in self.feeds.items()}
+        return take(self.feeds, n)
 
 
 def _dtype_of(vi: onnx.ValueInfoProto) -> np.dtype:
@@ -49,15 +50,15 @@ def load_data(path: Path, model: onnx.ModelProto) -> Inputs:
             raise UserError(f"{path}: no array named {vi.name!r} (the model's input); "
                             f"the file has {sorted(arrays)}")
         feeds[vi.name] = arrays[vi.name].astype(_dtype_of(vi), copy=False)
-    sizes = {len(a) for a in feeds.values()}
+    sizes = {len(a) for a in feeds.values() if a.ndim >= 1}
     if len(sizes) != 1:
         raise UserError(f"{path}: the input arrays have different numbers of samples {sorted(sizes)}")
     labels = arrays.get("labels")
     if labels is not None:
         labels = labels.reshape(-1).astype(np.int64)
-        if len(labels) != sizes.pop():
+        if len(labels) != sample_count(feeds):
             raise UserError(f"{path}: `labels` has {len(labels)} entries but the inputs have "
-                            f"{len(next(iter(feeds.values())))} samples")
+                            f"{sample_count(feeds)} samples")
     return Inputs(feeds=feeds, labels=labels, source=path.name)
 
 

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from edgeopt.graph.shapes import graph_inputs
+from edgeopt.verify.feeds import sample_count, take
 
 
 def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
@@ -48,11 +49,11 @@ def static_batch(model: onnx.ModelProto) -> int | None:
 def run_batched(session: ort.InferenceSession, model: onnx.ModelProto,
                 feeds: dict[str, np.ndarray], chunk: int = 256) -> list[np.ndarray]:
     """Run all samples; in chunks of the model's static batch if it has one."""
-    batch = len(next(iter(feeds.values())))
+    batch = sample_count(feeds)
     step = static_batch(model) or chunk
     if batch <= step and static_batch(model) in (None, batch):
         return session.run(None, feeds)
     if static_batch(model) and batch % step:  # a free batch dim takes a shorter last chunk
         raise ValueError(f"the model's batch is fixed at {step} but the data has {batch} samples")
-    parts = [session.run(None, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, batch, step)]
+    parts = [session.run(None, take(feeds, i, i + step)) for i in range(0, batch, step)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
