@@ -191,3 +191,20 @@ def test_mse_clip_on_a_short_last_block_counts_only_real_values():
     blk = compute_qparams(w, 4, True, axis=1, block_size=32, clip="mse")
     row = compute_qparams(w, 4, True, axis=0, clip="mse")
     np.testing.assert_allclose(blk.scale.reshape(-1), row.scale.reshape(-1), rtol=1e-6)
+
+
+def test_scaled_codebook_on_a_column_sample_still_never_worse_than_int4(monkeypatch):
+    """Large tensors are refined on evenly spaced columns and finished on all values; the uniform
+    start, scored on every value, stays a candidate."""
+    import edgeopt.quant.kmeans as km
+    monkeypatch.setattr(km, "REFINE_VALUES", 4096)
+    rng = np.random.default_rng(11)
+    w = (rng.laplace(size=(64, 512)) * rng.uniform(0.05, 2.0, size=(64, 1))).astype(np.float32)
+    c, s, idx = km.scaled_codebook(w, 4)
+    assert idx.shape == w.shape
+    sse = np.sum((s[:, None] * c[idx] - w) ** 2)
+    qp = compute_qparams(w, 4, True, axis=0, clip="mse")
+    assert sse < 0.9 * np.sum((dequantize(quantize(w, qp), qp) - w) ** 2)
+    monkeypatch.setattr(km, "REFINE_VALUES", 1 << 30)
+    c_all, s_all, idx_all = km.scaled_codebook(w, 4)  # refined on every value: at most slightly better
+    assert np.sum((s_all[:, None] * c_all[idx_all] - w) ** 2) <= sse * 1.0001
