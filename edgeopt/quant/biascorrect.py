@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.graph.edit import add_initializer, const_array
-from edgeopt.quant.moments import moments_key
+from edgeopt.quant.means import means_key
 
 
 def output_shift(node: ir.Node, delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
@@ -70,7 +70,7 @@ def correct_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray) -> str | Non
     return None
 
 
-def correct_slot(graph: ir.Graph, slot, decoded: np.ndarray, moments: dict) -> dict:
+def correct_slot(graph: ir.Graph, slot, decoded: np.ndarray, means: dict) -> dict:
     """Bias-correct every Conv / Gemm reading this weight: {"bias_shift_max": ...} or {"bias_correction": why not}."""
     delta = decoded.astype(np.float64) - slot.array.astype(np.float64)
     shifts, problems = [], []
@@ -78,8 +78,7 @@ def correct_slot(graph: ir.Graph, slot, decoded: np.ndarray, moments: dict) -> d
         if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 2:
             problems.append(f"{node.op_type} not handled")
             continue
-        key = moments_key(node)
-        mean = moments[key].mean if key in moments else None
+        mean = means.get(means_key(node))
         if mean is None:
             problems.append("no activation mean")
             continue

@@ -19,6 +19,7 @@ import onnx_ir as ir
 from edgeopt.passes.base import NodeNote
 from edgeopt.quant.decode import add_const, cast_to_float
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
+from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.select import node_label
 from edgeopt.quant.weights import find_biases
 
@@ -38,7 +39,6 @@ class BiasStats:
     kept_bytes: int = 0
 
     def describe(self) -> str:
-        from edgeopt.quant.report import fmt_bytes
         parts = []
         if self.count:
             parts.append(f"{self.count} biases to {self.mode} ({fmt_bytes(self.bytes_before)} -> "

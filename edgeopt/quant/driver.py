@@ -20,7 +20,7 @@ from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes.base import NodeNote, PassContext, PassResult
 from edgeopt.quant.biascorrect import correct_slot
 from edgeopt.quant.biases import store_biases
-from edgeopt.quant.moments import input_moments
+from edgeopt.quant.means import input_means
 from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
 from edgeopt.quant.params import WeightPassParams
 from edgeopt.quant.prepare import fold_batchnorm_first
@@ -83,9 +83,9 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
         inner = sum(1 for n in notes if "inside a subgraph" in n.reason)
         return PassResult(model, False, notes, summary="no weight to compress; model unchanged" + (
             f" ({inner} weight nodes inside If/Loop/Scan subgraphs are not handled)" if inner else ""))
-    moments = {}
+    means = {}
     if params.bias_correction and ctx.data:
-        moments = input_moments(work, [n for s in slots for n in s.nodes], ctx.data)
+        means = input_means(work, [n for s in slots for n in s.nodes], ctx.data)
     before = after = 0
     for slot in slots:
         done = compress(graph, slot)
@@ -97,8 +97,8 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
         figures = {"elements": int(slot.array.size), **done.figures, "bytes_before": int(slot.array.nbytes),
                    "bytes_after": done.nbytes, "max_abs_error": float(np.max(np.abs(err))),
                    "rel_rmse": float(np.sqrt(np.mean(err ** 2)) / std)}
-        if moments:
-            figures.update(correct_slot(graph, slot, done.decoded, moments))
+        if means:
+            figures.update(correct_slot(graph, slot, done.decoded, means))
         before += slot.array.nbytes
         after += done.nbytes
         notes.extend(NodeNote(node_label(node), node.op_type, verb, done.reason, figures) for node in slot.nodes)
