@@ -50,9 +50,7 @@ def load_data(path: Path, model: onnx.ModelProto) -> Inputs:
             raise UserError(f"{path}: no array named {vi.name!r} (the model's input); "
                             f"the file has {sorted(arrays)}")
         feeds[vi.name] = arrays[vi.name].astype(_dtype_of(vi), copy=False)
-    sizes = {len(a) for a in feeds.values() if a.ndim >= 1}
-    if len(sizes) != 1:
-        raise UserError(f"{path}: the input arrays have different numbers of samples {sorted(sizes)}")
+    # Arrays whose length differs from the first one's are batch-second or shared (verify/feeds.py).
     labels = arrays.get("labels")
     if labels is not None:
         labels = labels.reshape(-1).astype(np.int64)

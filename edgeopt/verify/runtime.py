@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from edgeopt.graph.shapes import graph_inputs
-from edgeopt.verify.feeds import sample_count, take
+from edgeopt.verify.feeds import concat_samples, sample_count, take
 
 
 def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
@@ -55,5 +55,7 @@ def run_batched(session: ort.InferenceSession, model: onnx.ModelProto,
         return session.run(None, feeds)
     if static_batch(model) and batch % step:  # a free batch dim takes a shorter last chunk
         raise ValueError(f"the model's batch is fixed at {step} but the data has {batch} samples")
-    parts = [session.run(None, take(feeds, i, i + step)) for i in range(0, batch, step)]
-    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+    starts = range(0, batch, step)
+    parts = [session.run(None, take(feeds, i, i + step)) for i in starts]
+    sizes = [min(step, batch - i) for i in starts]
+    return [concat_samples([p[j] for p in parts], sizes) for j in range(len(parts[0]))]
