@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from edgeopt.graph.shapes import graph_inputs
-from edgeopt.verify.feeds import concat_samples, sample_count, take
+from edgeopt.verify.feeds import batch_axes, concat_samples, sample_count, take
 
 
 def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
@@ -58,4 +58,6 @@ def run_batched(session: ort.InferenceSession, model: onnx.ModelProto,
     starts = range(0, batch, step)
     parts = [session.run(None, take(feeds, i, i + step)) for i in starts]
     sizes = [min(step, batch - i) for i in starts]
-    return [concat_samples([p[j] for p in parts], sizes) for j in range(len(parts[0]))]
+    axes = batch_axes(list(model.graph.output))
+    return [concat_samples([p[j] for p in parts], sizes, axes.get(out.name))
+            for j, out in enumerate(model.graph.output)]
