@@ -172,3 +172,30 @@ def test_already_quantized_model_is_left_unchanged():
     assert not result.modified and result.model is model and "already quantized" in result.summary
     again = apply(apply(toy_model(), mode="all").model, mode="all")
     assert not again.modified and "already quantized" in again.summary
+
+
+def batch_one(model):
+    """The toy model exported at a fixed batch of 1 (input and output dim 0 = 1)."""
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("data", [DATA, None], ids=["data", "random"])
+def test_fixed_batch_one_model_is_calibrated_one_sample_at_a_time(data):
+    """A model that only takes batch 1 (YOLOv8n with input_shapes) is calibrated in batches of 1,
+    on the data's samples or on 32 random ones, and evaluated the same way."""
+    model = batch_one(toy_model())
+    result = apply(model, data=data, mode="auto", check_latency=False, min_top1_agreement=0.95)
+    assert result.modified, result.summary
+    samples = 128 if data is not None else 32
+    assert f"7 nodes quantized, 0 kept in float; calibrated (minmax) on {samples} samples" in result.summary
+    q = result.model
+    assert set(weight_types(q).values()) == {onnx.TensorProto.INT8}
+    one = {"input": DATA["input"][:1]}
+    import onnxruntime as ort
+    ref, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, one)[0]
+                for m in (model, q))
+    assert got.shape == (1, 10)
+    assert compare([ref], [got])["cosine"] > 0.995

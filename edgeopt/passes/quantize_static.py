@@ -23,6 +23,8 @@ from edgeopt.verify.runtime import make_session, run_batched, static_batch
 
 HEAVY_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 SENSITIVITY_SAMPLES = 64
+RANDOM_SAMPLES = 32  # random calibration inputs when the recipe has no data
+CALIBRATION_BATCH = 32  # samples per calibration run when the batch dim is free
 EVAL_SAMPLES = 256  # fidelity against the float model is measured on this many samples of the data
 LATENCY_SERIES = 2  # independent measurements (10th percentile and median) that must all show int8 faster
 
@@ -33,6 +35,14 @@ def _take(feeds: dict[str, np.ndarray], n: int, multiple: int) -> dict[str, np.n
     n = min(n, total)
     n = max(multiple, n - n % multiple)
     return take(feeds, n)
+
+
+def _random_shapes(shapes: dict[str, list[int]], batch: int) -> dict[str, list[int]]:
+    """Shapes of random calibration inputs: RANDOM_SAMPLES samples (a multiple of the batch) on the
+    inputs whose first dim is the batch; other inputs (states, scalars) keep their shape."""
+    count = max(RANDOM_SAMPLES, batch)
+    count -= count % batch
+    return {k: [count] + list(v[1:]) if v and v[0] == batch else list(v) for k, v in shapes.items()}
 
 
 def _check(model: onnx.ModelProto) -> str | None:
@@ -100,19 +110,18 @@ class QuantizeStatic(Pass):
             prepared, prep_steps = prepare_float(model, ctx)
         except OpsetUpgradeError as exc:
             return unchanged(str(exc))
-        multiple = static_batch(prepared) or 1
+        fixed = static_batch(prepared)  # a model exported (or fixed) at batch 1 takes exactly 1
+        multiple = fixed or 1
         if ctx.data:
             feeds, source = ctx.data, "the recipe's data"
         else:
-            shapes = dict(ctx.input_shapes)
-            if multiple == 1:
-                shapes = {k: [max(32, v[0])] + list(v[1:]) if v else v for k, v in shapes.items()}
+            shapes = _random_shapes(ctx.input_shapes, multiple)
             feeds = random_inputs(prepared, shapes, ctx.seed).feeds if shapes else None
             source = "seeded random inputs (no data in the recipe)"
             if feeds is None:
                 return unchanged("no calibration data and no input shapes to make random inputs")
         calib = _take(feeds, params.samples, multiple)
-        batch = multiple if multiple > 1 else min(32, sample_count(calib))
+        batch = fixed or min(CALIBRATION_BATCH, sample_count(calib))  # the reader feeds batches of this size
 
         names = {n.name: n.op_type for n in prepared.graph.node}
         user_excluded = {n: p for n, op in names.items() if (p := excluded(n, op, params.exclude))}
