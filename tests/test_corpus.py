@@ -1,0 +1,115 @@
+"""Every pass and the profiler on real third-party exports (the corpus from `make corpus`).
+
+Each cell runs `edgeopt run` on one corpus model with one pass at its defaults,
+after the lossless simplify + fold_batchnorm, on the model's rendered inputs.
+It must end as exit 0 with an output that loads and computes in onnxruntime,
+or exit 2 with one line saying why the pass does not apply. Exit 3, exit 1, a
+traceback, or an output that does not run fails. A missing corpus fails too
+(`make test` fetches it first): never a skip that passes green.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from edgeopt.cli.main import cli
+from edgeopt.passes import pass_names
+from edgeopt.zoo.corpus import MODELS, data_path, model_path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "build" / "corpus"
+LOSSLESS_CHAIN = ["simplify", "fold_batchnorm", "fuse_relu6"]
+PREFIX = ["simplify", "fold_batchnorm"]
+
+pytestmark = pytest.mark.corpus
+
+
+def _paths(model):
+    onnx_path, data = model_path(model, CACHE), data_path(model, CACHE)
+    if not onnx_path.exists() or not data.exists():
+        pytest.fail(f"corpus model {model.key} missing ({onnx_path}); run `make corpus` (make test does)")
+    return onnx_path, data
+
+
+def _run(tmp: Path, model_file: Path, data: Path, passes: list, *extra: str):
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": str(model_file), "output": str(tmp / "out.onnx"),
+                                      "device": ["myriadx", "rpi3"], "data": str(data), "passes": passes}))
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--format", "json", "--quiet", "--no-measure", *extra])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        pytest.fail("traceback:\n" + "".join(traceback.format_exception(result.exception)))
+    return result
+
+
+def _outputs(path: Path, data: Path) -> list[np.ndarray]:
+    from edgeopt.graph.io import load_model
+    from edgeopt.verify.inputs import load_data
+    from edgeopt.verify.runtime import run_batched
+
+    model = load_model(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return run_batched(session, model, load_data(data, model).feeds)
+
+
+_PREPARED: dict[str, Path] = {}
+
+
+def _prepared(model, tmp_factory) -> Path:
+    """The model after the lossless prefix (simplify + fold_batchnorm), made once per session."""
+    if model.key not in _PREPARED:
+        onnx_path, data = _paths(model)
+        tmp = tmp_factory.mktemp(f"{model.key}_prefix")
+        result = _run(tmp, onnx_path, data, PREFIX)
+        assert result.exit_code == 0, f"lossless prefix on {model.key}: {result.stderr}"
+        _PREPARED[model.key] = tmp / "out.onnx"
+    return _PREPARED[model.key]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=[m.key for m in MODELS])
+def test_lossless_chain_keeps_outputs_and_macs(model, tmp_path):
+    onnx_path, data = _paths(model)
+    result = _run(tmp_path, onnx_path, data, LOSSLESS_CHAIN)
+    assert result.exit_code == 0, result.stderr
+    stages = json.loads(result.stdout)["stages"]
+    first = stages[0]
+    for stage in stages:
+        # complete profiles: every estimate is a number on every device, at every stage
+        for key in ("macs", "est_latency_ms", "est_energy_mj", "peak_activation_bytes"):
+            assert stage[key] is not None, f"{stage['pass']}: {key} is null"
+        assert all(v["est_latency_ms"] is not None for v in stage["devices"].values())
+        assert stage["macs"] == pytest.approx(first["macs"], rel=1e-6), stage["pass"]
+    # the pipeline held each stage to the lossless tolerance; the written model computes the same here too
+    before, after = _outputs(onnx_path, data), _outputs(tmp_path / "out.onnx", data)
+    for a, b in zip(before, after):
+        assert a.shape == b.shape
+        scale = max(float(np.abs(a).max()), 1e-6)
+        assert float(np.abs(a - b).max()) <= 4e-3 * scale
+
+
+CELLS = [(m, p) for m in MODELS for p in pass_names() if p not in PREFIX]
+
+
+@pytest.mark.parametrize("model,pass_name", CELLS, ids=[f"{m.key}-{p}" for m, p in CELLS])
+def test_pass_on_real_export(model, pass_name, tmp_path, tmp_path_factory):
+    prepared = _prepared(model, tmp_path_factory)
+    _, data = _paths(model)
+    result = _run(tmp_path, prepared, data, [pass_name])
+    if result.exit_code == 2:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("edgeopt: error:"), result.stderr
+        return
+    assert result.exit_code == 0, result.stderr
+    stage = json.loads(result.stdout)["stages"][-1]
+    assert stage["est_latency_ms"] is not None and stage["macs"] is not None
+    reference, outputs = _outputs(prepared, data), _outputs(tmp_path / "out.onnx", data)
+    assert [o.shape for o in outputs] == [r.shape for r in reference]
+    assert all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")
