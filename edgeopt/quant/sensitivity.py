@@ -24,6 +24,13 @@ def quantized_nodes(q_model: onnx.ModelProto) -> set[str]:
             and all(i in dq_outputs for i in n.input if i)}
 
 
+def _decoded(q_model: onnx.ModelProto) -> dict[str, str]:
+    """tensor -> the output of the QuantizeLinear -> DequantizeLinear pair it goes through, if any."""
+    dq = {n.input[0]: n.output[0] for n in q_model.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.input[0]: dq[n.output[0]] for n in q_model.graph.node
+            if n.op_type == "QuantizeLinear" and n.output[0] in dq}
+
+
 def local_errors(float_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds: dict[str, np.ndarray],
                  candidates: list[str]) -> dict[str, float]:
     q_tensors = {o for n in q_model.graph.node for o in n.output} | {i.name for i in q_model.graph.input}
@@ -67,7 +74,11 @@ def local_errors(float_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds: 
     if not needed:
         return {}
     fa = collect_activations(float_model, needed, feeds)
-    qa = collect_activations(q_model, needed, feeds)
+    # what consumers read in the QDQ model: the decoded tensor, not the raw one before QuantizeLinear
+    # (a Relu absorbed into its producer clamps only there: the raw tensor still holds the negatives)
+    decoded = _decoded(q_model)
+    qa_raw = collect_activations(q_model, sorted({decoded.get(t, t) for t in needed}), feeds)
+    qa = {t: qa_raw[decoded.get(t, t)] for t in needed}
     rel = {}
     for t in needed:
         ref = fa[t].astype(np.float64)
