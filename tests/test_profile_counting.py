@@ -143,7 +143,10 @@ def test_unknown_operator_is_reported_not_zero():
     model.opset_import.append(helper.make_opsetid("custom.ops", 1))
     prof = profile_model(model)
     odd = layer(prof, "odd")
-    assert odd["counted"] is False and odd["macs"] is None and odd["ops"] is None
+    # not counted exactly, but costed: its output size is unknown, so one op per input element
+    assert odd["counted"] is False and odd["estimated"] is True
+    assert odd["macs"] == 0 and odd["ops"] == 4 and "element-wise on its inputs" in odd["note"]
+    assert prof.totals["estimated_ops"] == {"Mystery": 1}
     assert prof.totals["coverage"] == 0.5
     assert prof.totals["coverage_text"] == "50 % of nodes"
     assert prof.totals["uncounted_ops"] == {"Mystery": 1}

@@ -16,7 +16,8 @@ Conventions (all hand-checkable, see tests/test_profile_counting.py):
   views (Reshape, Flatten, Squeeze, ...) move nothing.
 
 An operator not listed here is `counted=False` (reported in the coverage),
-never silently 0.
+never silently 0; `estimate_node` then costs it conservatively (`estimated=True`)
+so latency and energy stay numbers.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Count:
     counted: bool = True
     reason: str = ""
     weight_input: int | None = None  # index of the main weight input (MAC layers)
+    estimated: bool = False  # costed conservatively by estimate_node, not counted exactly
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -189,3 +191,69 @@ def count_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[Te
     if op in _VIEW:
         return Count(VIEW, 0, 0)
     return _unknown(f"operator {op} is not known to the counter")
+
+
+def _broadcast(a: list[int], b: list[int]) -> list[int] | None:
+    out = []
+    for i in range(max(len(a), len(b))):
+        da = a[len(a) - 1 - i] if i < len(a) else 1
+        db = b[len(b) - 1 - i] if i < len(b) else 1
+        if da != db and 1 not in (da, db):
+            return None
+        out.append(max(da, db))
+    return out[::-1]
+
+
+def _mac_upper_bound(node: onnx.NodeProto, ins: list[TensorInfo | None], fallback_numel: int) -> int | None:
+    """MACs of a MAC layer whose output shape is unknown, from its input shapes: an upper bound
+    (a Conv as if stride 1 and 'same' padding); with only the weight known, the unknown
+    activation taken as `fallback_numel` elements; None when the weight is unknown too."""
+    x, w = (_shape(ins[0]) if ins else None), (_shape(ins[1]) if len(ins) > 1 else None)
+    op = node.op_type
+    if w is None:
+        return None
+    if x is None:
+        if op in ("Conv", "ConvTranspose") and len(w) >= 3:
+            return fallback_numel * w[1] * math.prod(w[2:])  # output (input) elements x MACs per element
+        if op in ("Gemm", "MatMul") and len(w) == 2:
+            return fallback_numel * (w[1] if op == "Gemm" and _attr(node, "transB", 0) else w[0])
+        return None
+    if op == "Conv" and len(x) == len(w) >= 3:
+        return layer_macs("Conv", x, w, [x[0], w[0]] + x[2:])
+    if op == "ConvTranspose" and len(x) == len(w) >= 3:
+        return layer_macs("ConvTranspose", x, w, [])
+    if op == "Gemm" and len(x) == 2 and len(w) == 2:
+        n = w[0] if _attr(node, "transB", 0) else w[1]
+        m = x[1] if _attr(node, "transA", 0) else x[0]
+        return layer_macs("Gemm", x, None, [m, n], trans_a=bool(_attr(node, "transA", 0)))
+    if op == "MatMul" and x and w:
+        a, b = (x if len(x) > 1 else [1] + x), (w if len(w) > 1 else w + [1])
+        batch = _broadcast(a[:-2], b[:-2])
+        if batch is None:
+            return None
+        return layer_macs("MatMul", a, None, batch + [a[-2], b[-1]])
+    return None
+
+
+def estimate_node(node: onnx.NodeProto, ins: list[TensorInfo | None], outs: list[TensorInfo | None],
+                  count: Count, fallback_numel: int) -> Count:
+    """A conservative Count for a node `count_node` could not count: a MAC layer from its input
+    shapes (upper bound), anything else as one element-wise op per output element (per input
+    element when the outputs are unknown, at worst `fallback_numel`)."""
+    reason = count.reason or "not counted"
+    if node.op_type in MAC_OPS:
+        macs = _mac_upper_bound(node, ins, fallback_numel)
+        if macs is not None:
+            return Count(count.op_class, macs, 2 * macs, counted=False, estimated=True,
+                         reason=f"{reason}: MACs bounded from the weight and input shapes",
+                         weight_input=count.weight_input)
+    out_numels = [t.numel for t in outs if t is not None]
+    if outs and len(out_numels) == len(outs) and None not in out_numels:
+        return Count(ELEMENTWISE, 0, sum(out_numels), counted=False, estimated=True,
+                     reason=f"{reason}: costed as element-wise on its outputs")
+    in_numels = [t.numel for t in ins if t is not None and t.numel is not None]
+    if in_numels:
+        return Count(ELEMENTWISE, 0, sum(in_numels), counted=False, estimated=True,
+                     reason=f"{reason}: costed as element-wise on its inputs")
+    return Count(ELEMENTWISE, 0, fallback_numel, counted=False, estimated=True,
+                 reason=f"{reason}: costed as element-wise on the largest activation")

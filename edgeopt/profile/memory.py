@@ -13,6 +13,8 @@ Liveness: a tensor is allocated when its producer runs and freed after its
 last consumer (graph inputs from the start, graph outputs to the end). Views
 (Reshape, Flatten, Squeeze, ...) share their input's buffer. The peak is the
 largest sum of live activation bytes at any step (weights are counted apart).
+A tensor whose size is unknown counts as `unknown_nbytes` (the profiler passes the
+largest known activation: a conservative figure) and is listed.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def act_inputs(info: GraphInfo, node) -> list[str]:
     return [i for i in node.input if i and i not in info.const]
 
 
-def decide_fusion(info: GraphInfo, order: list[int], counts: dict[int, Count], fuses) -> Fusion:
+def decide_fusion(info: GraphInfo, order: list[int], counts: dict[int, Count], fuses,
+                  runs: dict[int, int] | None = None) -> Fusion:
+    """`runs`: times each node runs (Loop bodies); a node never fuses into one that runs a different number of times."""
     fusion = Fusion()
     fusable = set(fuses or ()) | ALWAYS_FUSED
     for idx in order:
@@ -57,7 +61,7 @@ def decide_fusion(info: GraphInfo, order: list[int], counts: dict[int, Count], f
             anchor = fusion.anchor_of.get(producer)
             if anchor is None and info.nodes[producer].op_type in MAC_OPS:
                 anchor = producer
-            if anchor is None:
+            if anchor is None or (runs is not None and runs[anchor] != runs[idx]):
                 continue
             if info.consumers.get(tensor, []) != [idx] or tensor in info.graph_outputs:
                 continue
@@ -73,11 +77,12 @@ class Liveness:
     peak_bytes: int
     peak_step: int | None  # index into the execution order
     peak_tensors: list[str]
-    unknown_tensors: list[str]  # activations whose size is unknown (peak is then a lower bound)
+    unknown_tensors: list[str]  # activations whose size is unknown (each counted as unknown_nbytes)
 
 
 def liveness(info: GraphInfo, order: list[int], virtual: set[str] = frozenset(),
-             alias: dict[str, str] | None = None, fusion: Fusion | None = None) -> Liveness:
+             alias: dict[str, str] | None = None, fusion: Fusion | None = None,
+             unknown_nbytes: int = 0) -> Liveness:
     """Peak of live activation bytes over the execution `order` (node indices).
 
     A fusion group runs as one step, at the position of its last member.
@@ -123,7 +128,7 @@ def liveness(info: GraphInfo, order: list[int], virtual: set[str] = frozenset(),
         nbytes = t.nbytes if t is not None else None
         if nbytes is None:
             unknown.append(name)
-            nbytes = 0
+            nbytes = unknown_nbytes
         sizes[name] = nbytes
     events: dict[int, list[str]] = {}
     for name, b in birth.items():
@@ -146,3 +151,18 @@ def liveness(info: GraphInfo, order: list[int], virtual: set[str] = frozenset(),
                 live.discard(name)
                 current -= sizes[name]
     return Liveness(peak, peak_step, peak_set, sorted(unknown))
+
+
+def largest_activation(info: GraphInfo) -> tuple[int, int]:
+    """(numel, bytes) of the largest activation whose size is known (graph inputs and outputs of
+    non-constant nodes): the conservative stand-in for one whose size is not (at least 1 x 4 bytes)."""
+    names = list(info.graph_input_names)
+    names += [o for idx, node in enumerate(info.nodes) if idx not in info.const_nodes for o in node.output if o]
+    best = (1, 4)
+    for name in names:
+        t = info.info(name)
+        if name in info.const or t is None or t.numel is None or t.nbytes is None:
+            continue
+        if t.nbytes > best[1]:
+            best = (t.numel, t.nbytes)
+    return best

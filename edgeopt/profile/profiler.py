@@ -9,9 +9,10 @@ import onnx
 
 from edgeopt.devices import Device
 from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, device_weight_bytes, layer_cost
-from edgeopt.profile.counting import VIEW, Count, count_node
+from edgeopt.profile.counting import VIEW, Count, count_node, estimate_node
 from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
-from edgeopt.profile.memory import act_inputs, decide_fusion, liveness
+from edgeopt.profile.memory import act_inputs, decide_fusion, largest_activation, liveness
+from edgeopt.profile.subgraphs import Flat, flatten
 from edgeopt.profile.weights import WeightTable, narrower
 
 CONTRACT_TOTALS = ("macs", "params_count", "weight_bytes", "peak_activation_bytes", "est_latency_ms",
@@ -49,19 +50,23 @@ def _act_precision(info: GraphInfo, name: str) -> str | None:
     return precision_of(t.elem_type) if t is not None else None
 
 
-def _act_item(info: GraphInfo, name: str, alias: dict) -> ActItem:
+def _act_item(info: GraphInfo, name: str, alias: dict, fallback: tuple[int, int] | None = None) -> ActItem:
+    """An activation's size at its precision; an unknown size is `fallback` (numel, bytes) when given."""
     real = name
     while real in alias:
         real = alias[real]
     t = info.info(real)
     precision = _act_precision(info, name) if real == name else precision_of(t.elem_type if t else None)
     if t is None or t.numel is None:
-        return ActItem(None, precision, None)
+        return ActItem(fallback[0], precision, fallback[1]) if fallback else ActItem(None, precision, None)
     return ActItem(t.numel, precision, t.nbytes)
 
 
-def _name(node: onnx.NodeProto, idx: int) -> str:
-    return node.name or f"{node.op_type}_{idx}"
+def _known(info: GraphInfo, name: str, alias: dict) -> bool:
+    while name in alias:
+        name = alias[name]
+    t = info.info(name)
+    return t is not None and t.numel is not None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -89,22 +94,30 @@ def profile_model(model: onnx.ModelProto, device: Device | None = None,
 
 
 def profile_on_devices(model: onnx.ModelProto, devices: list[Device | None],
-                       input_shapes: dict[str, list[int]] | None = None) -> list[Profile]:
-    """One profile per device, from one analysis of the graph (shape inference runs once)."""
-    info = analyze(model, input_shapes)
-    return [_profile(info, device) for device in devices]
+                       input_shapes: dict[str, list[int]] | None = None, feeds: dict | None = None) -> list[Profile]:
+    """One profile per device, from one analysis of the graph (shape inference runs once; `feeds`:
+    real inputs for its onnxruntime step)."""
+    flat = flatten(analyze(model, input_shapes, feeds))
+    return [_profile(flat, device) for device in devices]
 
 
-def _profile(info, device: Device | None) -> Profile:
+def _profile(flat: Flat, device: Device | None) -> Profile:
+    info, runs = flat.info, flat.runs
     order = [i for i in range(len(info.nodes)) if i not in info.const_nodes]
+    fallback = largest_activation(info)  # stands in for an activation whose size is unknown
     counts = {}
     for idx in order:
         node = info.nodes[idx]
+        if idx in flat.control:  # If / Loop / Scan: its body's layers carry the cost
+            counts[idx] = Count(VIEW, 0, 0)
+            continue
         ins = [info.info(i) if i else None for i in node.input]
         outs = [info.info(o) if o else None for o in node.output]
         counts[idx] = count_node(node, ins, outs)
         if node.op_type == "DequantizeLinear" and node.input and node.input[0] not in info.const:
             counts[idx] = Count(VIEW, 0, 0)  # static QDQ: the consumer reads the int8 tensor directly
+        if not counts[idx].counted:
+            counts[idx] = estimate_node(node, ins, outs, counts[idx], fallback[0])
 
     table = WeightTable(info)
     weights = {}
@@ -113,9 +126,10 @@ def _profile(info, device: Device | None) -> Profile:
         buffers = frozenset(node.input[3:5]) if node.op_type == "BatchNormalization" else frozenset()
         weights[idx] = table.layer_weights(idx, [i for i in node.input if i and i in info.const], buffers)
     sparse_ok = bool(device and device.supports_sparse)
-    fusion = decide_fusion(info, order, counts, device.fuses if device else ())
-    live = liveness(info, order, fusion.virtual, fusion.alias, fusion)
-    names = {idx: _name(info.nodes[idx], idx) for idx in order}
+    fusion = decide_fusion(info, order, counts, device.fuses if device else (), runs)
+    live = liveness(info, order, fusion.virtual, fusion.alias, fusion, unknown_nbytes=fallback[1])
+    live_known = liveness(info, order, fusion.virtual, fusion.alias, fusion) if live.unknown_tensors else live
+    names = flat.names
 
     layers = []
     by_idx = {}
@@ -130,8 +144,8 @@ def _profile(info, device: Device | None) -> Profile:
             "name": names[idx],
             "op_type": node.op_type,
             "op_class": count.op_class,
-            "macs": count.macs,
-            "ops": count.ops,
+            "macs": None if count.macs is None else count.macs * runs[idx],
+            "ops": None if count.ops is None else count.ops * runs[idx],
             "params_count": lw.params_count,
             "weight_bytes": sum(table.stored[r].bytes_on(sparse_ok) for r in lw.roots if r in table.stored),
             "weight_precision": lw.precision,
@@ -141,9 +155,16 @@ def _profile(info, device: Device | None) -> Profile:
             "est_latency_ms": None,
             "bound": None,
             "counted": count.counted,
+            "estimated": count.estimated,
         }
         if not count.counted:
             layer["note"] = count.reason
+        if idx in flat.notes:
+            layer["note"] = flat.notes[idx]
+        if runs[idx] != 1:
+            layer["runs"] = runs[idx]
+        if idx in flat.inlined:
+            layer["in_subgraph"] = True
         if idx in fusion.anchor_of:
             layer["fused_into"] = names[fusion.anchor_of[idx]]
         layers.append(layer)
@@ -174,12 +195,15 @@ def _profile(info, device: Device | None) -> Profile:
             for o in info.nodes[m].output:
                 if o and o not in fusion.virtual and o not in outs and o not in info.const:
                     outs.append(o)
-        acts = [_act_item(info, t, fusion.alias) for t in ins + outs]
-        group_ops = [by_idx[m]["ops"] for m in members]
+        acts = [_act_item(info, t, fusion.alias, fallback) for t in ins + outs]
+        unknown = [t for t in ins + outs if not _known(info, t, fusion.alias)]
+        group_ops = [counts[m].ops for m in members]  # per run: the cost below is scaled by runs
         ops = None if any(o is None for o in group_ops) else sum(group_ops)
         roots = [r for m in members for r in weights[m].roots if r in table.stored]
         witems = [WeightItem(table.stored[r].bytes_on(sparse_ok), table.stored[r].numel) for r in roots]
         layer = by_idx[idx]
+        if unknown:
+            layer["unknown_activations"] = unknown
         stored_precision, slowdown, extra_s = layer["stored_precision"], 1.0, 0.0
         decode = _weight_decode_mode(device, weights[idx], act_precisions[idx])
         if decode is not None:  # weight-only quantized layer on a device that decodes the weights
@@ -190,7 +214,8 @@ def _profile(info, device: Device | None) -> Profile:
             else:
                 slowdown = device.weight_decode.slowdown.get(counts[idx].op_class, 1.0)
                 extra_s = device.weight_decode.layer_us * 1e-6
-        layer["input_bytes"] = _sum_or_none([device_act_bytes(None, _act_item(info, t, fusion.alias)) for t in ins])
+        layer["input_bytes"] = _sum_or_none([device_act_bytes(None, _act_item(info, t, fusion.alias, fallback))
+                                             for t in ins])
         if device is None:
             touched = _sum_or_none([w.stored_bytes for w in witems] + [a.stored_bytes for a in acts])
             layer["working_set_bytes"] = touched
@@ -201,22 +226,24 @@ def _profile(info, device: Device | None) -> Profile:
                           stored_precision=stored_precision, weights=witems, acts=acts,
                           weights_resident=resident, resident_bytes=resident_bytes, slowdown=slowdown,
                           extra_s=extra_s)
+        n = runs[idx]  # a Loop / Scan body layer runs n times per inference
         layer.update(
             compute_precision=cost.compute_precision,
             working_set_bytes=cost.working_set_bytes,
             device_weight_bytes=cost.weight_bytes,
             fits_onchip=cost.fits_onchip,
-            dram_bytes=cost.dram_bytes,
+            dram_bytes=_times(cost.dram_bytes, n),
             arithmetic_intensity=cost.arithmetic_intensity,
-            compute_ms=_ms(cost.compute_s),
-            memory_ms=_ms(cost.memory_s),
-            est_latency_ms=_ms(cost.latency_s),
-            est_energy_mj=None if cost.energy_pj is None else cost.energy_pj * 1e-9,
+            compute_ms=_times(_ms(cost.compute_s), n),
+            memory_ms=_times(_ms(cost.memory_s), n),
+            est_latency_ms=_times(_ms(cost.latency_s), n),
+            est_energy_mj=None if cost.energy_pj is None else cost.energy_pj * 1e-9 * n,
             bound=cost.bound,
             roofline_region=_roofline_region(device, cost),
         )
 
     totals = _totals(info, order, layers, table, sparse_ok, live, names, device)
+    _subgraph_totals(totals, flat, order, layers, live, live_known)
     return Profile(device=device.name if device else None, totals=totals, layers=layers,
                    input_shapes=info.input_shapes)
 
@@ -234,6 +261,24 @@ def _weight_decode_mode(device, lw, act_precision) -> str | None:
     return None
 
 
+def _times(value, n: int):
+    return None if value is None else value * n
+
+
+def _subgraph_totals(totals: dict, flat: Flat, order: list[int], layers: list[dict], live, live_known) -> None:
+    """What was estimated rather than counted, and which bodies were counted how."""
+    estimated = Counter(l["op_type"] for l in layers if l["estimated"])
+    totals.update(
+        estimated_ops=dict(sorted(estimated.items())),
+        estimated_macs=sum(l["macs"] or 0 for l in layers if l["estimated"]),
+        estimated_op_count=sum(l["ops"] or 0 for l in layers if l["estimated"]),
+        peak_activation_lower_bound=live_known.peak_bytes if live.unknown_tensors else None,
+        peak_activation_unknown_tensors=len(live.unknown_tensors),
+        subgraph_layers=sum(1 for idx in order if idx in flat.inlined),
+        subgraph_choices=list(flat.choices),
+    )
+
+
 def _sum_or_none(values):
     return None if any(v is None for v in values) else sum(values)
 
@@ -249,7 +294,7 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
         "macs": macs,
         "params_count": sum(l["params_count"] for l in layers),
         "weight_bytes": wtot["weight_bytes"],
-        "peak_activation_bytes": live.peak_bytes if not live.unknown_tensors else None,
+        "peak_activation_bytes": live.peak_bytes,
         "est_latency_ms": None,
         "est_energy_mj": None,
         "measured_latency_ms": None,
@@ -262,7 +307,6 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
         "peak_activation_at": names[order[live.peak_step]] if order and live.peak_step is not None else None,
         "peak_activation_tensors": [
             {"name": n, "bytes": info.info(n).nbytes if info.info(n) else None} for n in live.peak_tensors],
-        "peak_activation_lower_bound": live.peak_bytes if live.unknown_tensors else None,
         "layers": len(layers),
         "coverage": coverage,
         "coverage_text": f"{coverage * 100:.0f} % of nodes",
@@ -271,8 +315,8 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
     }
     if device is None:
         return totals
-    latencies = [l.get("est_latency_ms") for l in counted]
-    energies = [l.get("est_energy_mj") for l in counted]
+    latencies = [l.get("est_latency_ms") for l in layers]  # estimated layers too: never a partial sum
+    energies = [l.get("est_energy_mj") for l in layers]
     capacity = device.onchip_capacity
     weight_device = sum(l.get("device_weight_bytes") or 0 for l in layers)
     resident = capacity is not None and weight_device <= capacity
