@@ -9,6 +9,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.graph.edit import const_array
+from edgeopt.graph.shapes import light_copy
 
 
 def attr(node: ir.Node, name: str, default=None):
@@ -64,8 +65,8 @@ class RankLookup:
             return len(value.const_value.shape)
         if self._ranks is None:
             self._ranks = {}
-            try:
-                inferred = onnx.shape_inference.infer_shapes(self._model)
+            try:  # the light copy: inference need not serialize the weights
+                inferred = onnx.shape_inference.infer_shapes(light_copy(self._model), data_prop=True)
             except Exception:  # an op onnx does not know, or a model it rejects: ranks stay unknown
                 return None
             g = inferred.graph

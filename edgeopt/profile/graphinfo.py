@@ -1,10 +1,8 @@
 """One pass of facts over a model: tensor shapes and types, producers / consumers, constants.
 
-Shape inference runs once, on a *shallow* copy of the graph: nodes, inputs
-with the resolved static shapes, and only the small integer initializers
-(shape arguments that inference needs as values). Large weights are declared
-as typed inputs instead of being copied, so ResNet-50's 100 MB stay where
-they are. The input model is never modified.
+Shapes come from the shape layer (edgeopt.graph.shapes.infer_value_shapes):
+onnx inference on a light copy, then symbolic inference and one onnxruntime
+run only for what stays unknown. The input model is never modified.
 
 Constant tensors are initializers, Constant outputs, shapes of tensors whose
 shape is static, and outputs of nodes whose every input is constant. Nodes
@@ -22,8 +20,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import TensorProto
 
-from edgeopt.errors import UserError
-from edgeopt.graph.shapes import graph_inputs, resolve_input_shapes
+from edgeopt.graph.shapes import graph_inputs, infer_value_shapes, resolve_input_shapes
 
 # onnx element type -> bytes per element (sub-byte types as fractions)
 _ITEMSIZE = {
@@ -49,7 +46,6 @@ for _name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ"):
         _PRECISION[getattr(TensorProto, _name)] = "int8"
 
 INDEX_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL, TensorProto.UINT64}
-_SMALL_INIT = 4096  # integer initializers up to this many elements go into shape inference with values
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli"}
 
@@ -141,86 +137,19 @@ class GraphInfo:
         self._roots_memo: dict = {}
 
 
-def _shallow_model(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
-    """A model with the same nodes, static inputs and no large weight data (for shape inference)."""
-    shallow = onnx.ModelProto()
-    shallow.ir_version = max(model.ir_version, 4)
-    shallow.opset_import.extend(model.opset_import)
-    shallow.functions.extend(model.functions)
-    g = shallow.graph
-    g.name = model.graph.name
-    g.node.extend(model.graph.node)
-    input_names = set()
-    for vi in model.graph.input:
-        new = g.input.add()
-        new.CopyFrom(vi)
-        input_names.add(vi.name)
-        if vi.name in shapes:
-            new.type.tensor_type.shape.ClearField("dim")
-            for d in shapes[vi.name]:
-                new.type.tensor_type.shape.dim.add().dim_value = d
-    g.output.extend(model.graph.output)
-    for init in model.graph.initializer:
-        numel = math.prod(init.dims)
-        if init.data_type in INDEX_TYPES and numel <= _SMALL_INIT and init.data_location != TensorProto.EXTERNAL:
-            g.initializer.append(init)
-        elif init.name not in input_names:
-            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-        else:
-            # IR < 4: the initializer is also listed as an input; give it its real shape
-            for vi in g.input:
-                if vi.name == init.name:
-                    vi.CopyFrom(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    for sparse in model.graph.sparse_initializer:
-        name = sparse.values.name
-        if name not in input_names:
-            g.input.append(onnx.helper.make_tensor_value_info(name, sparse.values.data_type, list(sparse.dims)))
-    return shallow
+def analyze(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+            feeds: dict | None = None) -> GraphInfo:
+    """Shapes, types, producers, consumers and constants of every tensor (the shape layer, once).
 
-
-def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
-    if not vi.type.HasField("tensor_type"):
-        return TensorInfo(vi.name)
-    tt = vi.type.tensor_type
-    elem = tt.elem_type or None
-    if not tt.HasField("shape"):
-        return TensorInfo(vi.name, elem, None)
-    dims = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value >= 0:
-            dims.append(d.dim_value)
-        else:
-            return TensorInfo(vi.name, elem, None)
-    return TensorInfo(vi.name, elem, dims)
-
-
-def analyze(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> GraphInfo:
-    """Shapes, types, producers, consumers and constants of every tensor (shape inference once)."""
+    `tensors` also holds the values inside If / Loop / Scan bodies (names are unique in a model).
+    `feeds` (the run's real inputs) serve the onnxruntime step of shape inference when static
+    inference leaves values unknown.
+    """
     shapes = resolve_input_shapes(model, input_shapes)
-    shallow = _shallow_model(model, shapes)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(shallow, check_type=False, strict_mode=False,
-                                                     data_prop=True)
-    except Exception as exc:  # onnx raises several types; a model it cannot infer is bad input
-        raise UserError(f"shape inference failed: {str(exc).splitlines()[0][:200]}; "
-                        "is the model valid (onnx.checker) and are --input-shape values right?") from None
-    g = inferred.graph
-    tensors: dict[str, TensorInfo] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        info = _tensor_info(vi)
-        old = tensors.get(vi.name)
-        if old is None or (old.shape is None and info.shape is not None):
-            tensors[vi.name] = info
+    values = infer_value_shapes(model, shapes, feeds)
+    tensors = {name: TensorInfo(name, elem, shape) for name, (elem, shape) in values.items()}
     initializers = {init.name: init for init in model.graph.initializer}
-    for name, init in initializers.items():
-        tensors[name] = TensorInfo(name, init.data_type, list(init.dims))
     nodes = list(model.graph.node)
-    for node in nodes:
-        if node.op_type == "Constant" and node.output:
-            tensor = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR),
-                          None)
-            if tensor is not None:
-                tensors[node.output[0]] = TensorInfo(node.output[0], tensor.data_type, list(tensor.dims))
 
     info = GraphInfo(model=model, input_shapes=shapes, nodes=nodes, tensors=tensors, initializers=initializers)
     info.graph_outputs = {o.name for o in model.graph.output}
