@@ -158,9 +158,10 @@ class _Flattener:
             and node.domain in ("", "ai.onnx") and all(self.is_const(i) for i in real)
 
     def alias(self, src: str, dst: str) -> None:
-        """dst is the same value as src under another name: give it src's shape when it has none."""
-        s, d = self.tensors.get(src), self.tensors.get(dst)
-        if s is not None and s.shape is not None and (d is None or d.shape is None):
+        """dst is written by the branch as src: src's shape is the one this branch gives it (the outer
+        shape may come from a run that took the other branch)."""
+        s = self.tensors.get(src)
+        if s is not None and s.shape is not None:
             self.tensors[dst] = TensorInfo(dst, s.elem_type, list(s.shape))
 
     def ops(self) -> int:
