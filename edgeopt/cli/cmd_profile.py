@@ -54,6 +54,17 @@ def totals_table(doc: dict, with_key: bool = False) -> Table:
             f" (not counted: {', '.join(f'{k} x{v}' for k, v in t['uncounted_ops'].items())})"
             if t["uncounted_ops"] else "")),
     ]
+    if t.get("estimated_ops"):  # costed conservatively so the estimates below stay numbers
+        rows.append(("estimated, not counted", "estimated_ops",
+                     ", ".join(f"{k} x{v}" for k, v in t["estimated_ops"].items())
+                     + f" ({count(t['estimated_macs'])} MACs)"))
+    if t.get("peak_activation_unknown_tensors"):
+        rows.append(("peak activation, known sizes only", "peak_activation_lower_bound",
+                     f"{nbytes(t['peak_activation_lower_bound'])} ({t['peak_activation_unknown_tensors']} tensors "
+                     "of unknown size counted as the largest known)"))
+    if t.get("subgraph_choices"):
+        rows.append(("subgraph layers counted", "subgraph_layers",
+                     f"{t['subgraph_layers']}; " + "; ".join(t["subgraph_choices"])))
     if doc["device"]:
         rows += [
             ("est. latency", "est_latency_ms", _ms(t["est_latency_ms"])),
