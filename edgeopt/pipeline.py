@@ -22,7 +22,7 @@ from edgeopt.devices import calibration_warning, load_device
 from edgeopt.checks import describe_failure, evaluate_checks
 from edgeopt.errors import CheckFailed, UserError, VerificationError
 from edgeopt.graph.io import load_model, save_model
-from edgeopt.graph.shapes import fix_input_shapes, resolve_input_shapes
+from edgeopt.graph.shapes import data_dims, fix_input_shapes, refresh_shapes, resolve_input_shapes
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.profile import measure_latency, profile_on_devices
 from edgeopt.recipe.load import Recipe
@@ -58,12 +58,12 @@ VERIFY_MACS_BUDGET = 2e9  # random verification batch: about this many MACs per 
 MEASURE_SECONDS = 0.5  # latency measurement budget per stage
 
 
-def _profile_record(model: onnx.ModelProto, devices, shapes) -> dict:
+def _profile_record(model: onnx.ModelProto, devices, shapes, feeds=None) -> dict:
     """The contract figures of one stage: counts on the first device, estimates on each."""
     record: dict = {}
     per_device = {}
     targets = devices or [None]
-    for i, (device, prof) in enumerate(zip(targets, profile_on_devices(model, targets, shapes))):
+    for i, (device, prof) in enumerate(zip(targets, profile_on_devices(model, targets, shapes, feeds))):
         totals = prof.totals
         if i == 0:
             for key in ("macs", "params_count", "weight_bytes", "peak_activation_bytes",
@@ -75,6 +75,19 @@ def _profile_record(model: onnx.ModelProto, devices, shapes) -> dict:
     if per_device:
         record["devices"] = per_device
     return record
+
+
+def _fix_dims(model: onnx.ModelProto, fixed: dict, given: dict) -> onnx.ModelProto:
+    """The model with `fixed` dims; dims taken from the data are dropped again if onnxruntime cannot
+    load the model with them (silero VAD's untaken 8 kHz branch fails its own inference at 576 samples)."""
+    candidate = fix_input_shapes(model, fixed)
+    if fixed == given:
+        return candidate
+    try:
+        make_session(candidate, threads=1)
+        return candidate
+    except Exception:  # onnxruntime raises its own types: keep only the dims the user gave
+        return fix_input_shapes(model, given) if given else model
 
 
 def _measure(session, model: onnx.ModelProto, inputs: Inputs, enabled: bool) -> float | None:
@@ -139,14 +152,17 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         check_model(model)
     except ModelInvalid as exc:
         raise UserError(f"{recipe.model}: the input model fails the ONNX checker: {exc}") from None
-    shapes = resolve_input_shapes(model, {**recipe.input_shapes, **options.input_shapes})
-    if recipe.input_shapes or options.input_shapes:
-        model = fix_input_shapes(model, {k: v for k, v in shapes.items()
-                                         if k in {**recipe.input_shapes, **options.input_shapes}})
+    overrides = {**recipe.input_shapes, **options.input_shapes}
+    data = load_data(recipe.data, model) if recipe.data else None
+    shapes = resolve_input_shapes(model, overrides, data.feeds if data else None)
+    # The passes see static dims: the given ones, and the free dims the data's arrays fix (batch stays free).
+    fixed = {**(data_dims(model, data.feeds) if data else {}), **{k: shapes[k] for k in overrides}}
+    if fixed:
+        model = _fix_dims(model, fixed, {k: shapes[k] for k in overrides})
     record = {"stage": 0, "pass": "input", "params": {}}
-    record.update(_profile_record(model, devices, shapes))
-    if recipe.data:
-        inputs = load_data(recipe.data, model)
+    record.update(_profile_record(model, devices, shapes, data.feeds if data else None))
+    if data:
+        inputs = data
     else:
         free_batch = int(max(2, min(8, VERIFY_MACS_BUDGET // max(record.get("macs") or 1, 1))))
         inputs = random_inputs(model, shapes, recipe.seed, free_batch=free_batch)
@@ -191,6 +207,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         # A pass's onnx_ir graph is full of reference cycles (nodes <-> values) that hold the old
         # model's tensors until the cyclic collector runs: collect now, not after the next 300 MB.
         gc.collect()
+        refresh_shapes(result.model)  # no stale value_info or output dims survive a pass
         session, outputs = _verify(result.model, label, inputs)
         fid = _fidelity(prev_outputs, first_outputs, outputs, inputs.labels)
         if fid.get("problem"):
@@ -203,7 +220,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
                     f"{label} is lossless but its outputs diverged: max abs error "
                     f"{fid['max_abs_error']:.3g} > {limit:.3g} ({tolerance:g} of the output scale)")
         record = {"stage": len(records), "pass": spec.name, "params": spec.raw_params}
-        record.update(_profile_record(result.model, devices, shapes))
+        record.update(_profile_record(result.model, devices, shapes, inputs.feeds))
         record["measured_latency_ms"] = _measure(session, result.model, inputs, options.measure)
         del session
         gc.collect()

@@ -7,7 +7,8 @@ import click
 from edgeopt.cli.options import Progress, device_option, format_option, input_shape_option, quiet_option
 from edgeopt.devices import calibration_warning, load_device
 from edgeopt.graph.io import load_model
-from edgeopt.profile import make_session, measure_latency, profile_model, random_feeds
+from edgeopt.graph.shapes import resolve_input_shapes
+from edgeopt.profile import make_session, measure_latency, profile_on_devices, random_feeds
 from edgeopt.report import Column, Table, emit
 from edgeopt.report.units import count, fixed, nbytes
 
@@ -142,16 +143,18 @@ def command(model_path, device, per_layer, top, no_measure, input_shapes, fmt, q
     if warning:
         progress.warn(warning)
     model = load_model(model_path)
-    prof = profile_model(model, dev, input_shapes)
+    shapes = resolve_input_shapes(model, input_shapes)
+    # The random inputs latency is measured on also serve shape inference's onnxruntime step.
+    session = None if no_measure else make_session(model)
+    feeds = None if session is None else random_feeds(session, shapes)
+    prof = profile_on_devices(model, [dev], shapes, feeds)[0]
     totals = prof.totals
     if totals["uncounted_ops"]:
         progress.warn(f"coverage {totals['coverage_text']}: not counted: "
                       + ", ".join(f"{k} x{v}" for k, v in totals["uncounted_ops"].items()))
-    if not no_measure:
+    if session is not None:
         progress.info("measuring latency with onnxruntime ...")
-        session = make_session(model)
-        totals["measured_latency_ms"] = measure_latency(session, random_feeds(session, prof.input_shapes),
-                                                        max_seconds=MEASURE_SECONDS)
+        totals["measured_latency_ms"] = measure_latency(session, feeds, max_seconds=MEASURE_SECONDS)
         if dev.name == "host" and totals["est_latency_ms"]:
             totals["predicted_to_measured"] = totals["est_latency_ms"] / totals["measured_latency_ms"]
     doc = prof.to_dict(model=model_path)

@@ -14,7 +14,7 @@ from edgeopt.factorize.geometry import ConvGeometry
 from edgeopt.factorize.patches import sample_patches
 from edgeopt.graph.activations import collect_activations
 from edgeopt.graph.edit import const_array, single_consumer
-from edgeopt.graph.shapes import fix_input_shapes, resolve_input_shapes
+from edgeopt.graph.shapes import infer_value_shapes, resolve_input_shapes
 from edgeopt.verify.feeds import sample_count, take
 
 CALIBRATION_SAMPLES = 256  # calibration inputs used at most (the first ones)
@@ -57,18 +57,12 @@ def matches(name: str, patterns: list[str]) -> bool:
 
 
 def value_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Static shape of every value that shape inference can resolve, with the inputs' dims fixed."""
+    """Static shape of every value the shape layer can resolve, with the inputs' dims fixed."""
     try:
-        shapes = resolve_input_shapes(model, input_shapes)
-        inferred = onnx.shape_inference.infer_shapes(fix_input_shapes(model, shapes))
+        values = infer_value_shapes(model, resolve_input_shapes(model, input_shapes))
     except Exception:  # noqa: BLE001 - shapes are optional here: the MAC figures become null
         return {}
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            out[vi.name] = [d.dim_value for d in dims]
-    return out
+    return {name: shape for name, (_, shape) in values.items() if shape is not None}
 
 
 def conv_layer(node: ir.Node, shapes: dict[str, list[int]]) -> ConvLayer | str:

@@ -133,28 +133,26 @@ def _attr(node: ir.Node, name: str, default=None):
 def static_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> dict[str, list]:
     """Inferred shape of every tensor (dims as int, or None when unknown), with inputs fixed.
 
-    Dynamic input dims come from input_shapes, else a free batch dim is 1.
+    Dynamic input dims come from input_shapes, else a free batch dim is 1 (the shape layer).
+    A value whose shape the shape layer cannot tell is left out.
     """
-    from edgeopt.graph.shapes import fix_input_shapes, resolve_input_shapes
+    from edgeopt.graph.shapes import infer_value_shapes, light_copy, resolve_input_shapes
 
     try:
-        shapes = resolve_input_shapes(model, input_shapes or {})
-        fixed = fix_input_shapes(model, shapes)
-    except Exception:  # unknown non-batch dims: analyse with what the model says
-        fixed = model
+        values = infer_value_shapes(model, resolve_input_shapes(model, input_shapes or {}))
+        return {name: list(shape) for name, (_, shape) in values.items() if shape is not None}
+    except Exception:  # noqa: BLE001 - unknown non-batch dims: what onnx infers with the model's own dims
+        pass
     try:
-        inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
-    except Exception:
-        inferred = fixed
+        graph = onnx.shape_inference.infer_shapes(light_copy(model), strict_mode=False, data_prop=True).graph
+    except Exception:  # noqa: BLE001
+        graph = model.graph
     out: dict[str, list] = {}
-    graph = inferred.graph
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
         t = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
-            continue
-        out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    for init in graph.initializer:
-        out[init.name] = list(init.dims)
+        if vi.type.HasField("tensor_type") and t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    out.update({init.name: list(init.dims) for init in model.graph.initializer})
     return out
 
 
