@@ -21,7 +21,7 @@ from edgeopt import __version__
 from edgeopt.devices import calibration_warning, load_device
 from edgeopt.checks import describe_failure, evaluate_checks
 from edgeopt.errors import CheckFailed, UserError, VerificationError
-from edgeopt.graph.io import load_model, save_model
+from edgeopt.graph.io import read_model, save_model
 from edgeopt.graph.shapes import data_dims, fix_input_shapes, refresh_shapes, resolve_input_shapes
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.profile import measure_latency, profile_on_devices
@@ -147,7 +147,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         if warning:
             log(f"edgeopt: warning: {warning}")
 
-    model = load_model(recipe.model)
+    model, external = read_model(recipe.model)  # external data in: external data out
     try:
         check_model(model)
     except ModelInvalid as exc:
@@ -250,7 +250,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         failed = [c for c in checks if not c["ok"]]
         raise CheckFailed("; ".join(describe_failure(c) for c in failed) + "; nothing was written", doc)
     for record, stage_model in zip(records, kept):
-        save_model(stage_model, options.keep_stages / f"{record['stage']:02d}_{record['pass']}.onnx")
-    save_model(prev_model, output)
+        save_model(stage_model, options.keep_stages / f"{record['stage']:02d}_{record['pass']}.onnx", external)
+    save_model(prev_model, output, external)
     log(f"wrote {output}")
     return doc
