@@ -23,8 +23,10 @@ from edgeopt.checks import describe_failure, evaluate_checks
 from edgeopt.errors import CheckFailed, UserError, VerificationError
 from edgeopt.graph.io import read_model, save_model
 from edgeopt.graph.shapes import data_dims, fix_input_shapes, refresh_shapes, resolve_input_shapes
+from edgeopt.invariants import lossless_macs_problem, wreck_warning
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.profile import measure_latency, profile_on_devices
+from edgeopt.profile.counting import MAC_OPS
 from edgeopt.recipe.load import Recipe
 from edgeopt.verify.check import ModelInvalid, check_model
 from edgeopt.verify.fidelity import accuracy, compare, output_scale
@@ -69,6 +71,8 @@ def _profile_record(model: onnx.ModelProto, devices, shapes, feeds=None) -> dict
             for key in ("macs", "params_count", "weight_bytes", "peak_activation_bytes",
                         "est_latency_ms", "est_energy_mj"):
                 record[key] = totals.get(key)
+            # the MAC invariant compares counts only where every MAC layer was counted exactly
+            record["macs_exact"] = all(l["counted"] for l in prof.layers if l["op_type"] in MAC_OPS)
         if device is not None:
             per_device[device.name] = {"est_latency_ms": totals.get("est_latency_ms"),
                                        "est_energy_mj": totals.get("est_energy_mj")}
@@ -221,6 +225,17 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
                     f"{fid['max_abs_error']:.3g} > {limit:.3g} ({tolerance:g} of the output scale)")
         record = {"stage": len(records), "pass": spec.name, "params": spec.raw_params}
         record.update(_profile_record(result.model, devices, shapes, inputs.feeds))
+        warnings = []
+        if cls.lossless:
+            error, warning = lossless_macs_problem(label, records[-1], record, result.folded_macs)
+            if error:
+                raise VerificationError(error + "; nothing was written")
+            warnings.append(warning)
+        else:
+            warnings.append(wreck_warning(label, fid, cls.advice))
+        record["warnings"] = [w for w in warnings if w]
+        for warning in record["warnings"]:
+            log(f"edgeopt: warning: {warning}")
         record["measured_latency_ms"] = _measure(session, result.model, inputs, options.measure)
         del session
         gc.collect()

@@ -65,6 +65,7 @@ class PassResult:
     modified: bool
     notes: list[NodeNote] = field(default_factory=list)
     summary: str = ""  # one line: "folded 35 BatchNormalization into Conv"
+    folded_macs: int = 0  # MACs a lossless pass removed by folding constants (the MAC invariant allows them)
 
 
 class Pass:
@@ -74,6 +75,7 @@ class Pass:
     summary: ClassVar[str]
     description: ClassVar[str] = ""
     lossless: ClassVar[bool] = False  # lossless passes must match the previous stage to rounding
+    advice: ClassVar[str] = ""  # what to try when the pass wrecks a model's outputs (pipeline warning)
     Params: ClassVar[type] = NoParams
 
     def apply(self, model: onnx.ModelProto, params: Any, ctx: PassContext) -> PassResult:

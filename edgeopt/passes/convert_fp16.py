@@ -67,6 +67,7 @@ class ConvertFp16(Pass):
         "arithmetic onnxruntime computes these nodes through inserted Casts, so the file halves but host "
         "latency may not improve: the gain is on devices with float16 units (GPUs, NPUs, ARMv8.2+).")
     lossless = False
+    advice = "keeping the sensitive ops in float32 (`exclude` or `op_block_list`)"
 
     @dataclass
     class Params:

@@ -53,6 +53,7 @@ class PruneChannels(Pass):
         "`edgeopt sensitivity MODEL --data D.npz` proposes per-layer ratios within a fidelity budget."
     )
     lossless = False
+    advice = "a lower ratio, `reconstruct: true` with calibration data, or per-layer ratios from `edgeopt sensitivity MODEL --data D.npz`"
     Params = Params
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:

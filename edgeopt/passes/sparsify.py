@@ -83,6 +83,7 @@ class Sparsify(Pass):
         "layers is sparsified once."
     )
     lossless = False
+    advice = "a lower sparsity, or per-layer sparsity (a mapping) that spares the sensitive layers"
     Params = Params
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:

@@ -81,6 +81,7 @@ class SplitDepthwise(Pass):
         "skipped. Run it after fold_batchnorm."
     )
     lossless = False
+    advice = "a tighter error budget (max_error) or fewer layers"
     Params = SplitDepthwiseParams
 
     def apply(self, model: onnx.ModelProto, params: SplitDepthwiseParams, ctx: PassContext) -> PassResult:

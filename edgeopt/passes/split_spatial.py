@@ -104,6 +104,7 @@ class SplitSpatial(Pass):
         "skipped. Run it after fold_batchnorm."
     )
     lossless = False
+    advice = "a tighter error budget (max_error) or fewer layers"
     Params = SplitSpatialParams
 
     def apply(self, model: onnx.ModelProto, params: SplitSpatialParams, ctx: PassContext) -> PassResult:

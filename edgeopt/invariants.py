@@ -1,0 +1,40 @@
+"""What the pipeline holds every stage to beyond the checker and the outputs.
+
+- A lossless stage keeps the MAC count: it may fold constants (which the
+  profiler never counts as compute) but not change what is computed. A stage
+  whose MAC layers are not all counted exactly cannot be compared: that is a
+  warning, not a failure, so a gap in the profile never fails a valid model.
+- A lossy stage whose output drifts far from the input model's (cosine below
+  WRECK_COSINE) is never silent: it gets a warning that names the pass, the
+  figure and what to try.
+"""
+
+from __future__ import annotations
+
+WRECK_COSINE = 0.9
+MACS_RTOL = 1e-6
+
+
+def lossless_macs_problem(label: str, before: dict, after: dict, folded_macs: int = 0) -> tuple[str | None, str | None]:
+    """(error, warning) for a lossless stage's MAC count against the previous stage's."""
+    a, b = before.get("macs"), after.get("macs")
+    if a is None or b is None:
+        return None, None
+    if abs(a - b) <= max(MACS_RTOL * max(a, b), folded_macs):
+        return None, None
+    change = f"{a:,} -> {b:,} MACs ({(b - a) / max(a, 1):+.1%})"
+    if not (before.get("macs_exact") and after.get("macs_exact")):
+        return None, (f"{label} is lossless but its stage profiles to {change}; some MAC layers have no "
+                      "static shapes, so the counts are not comparable")
+    folded = f", beyond the {folded_macs:,} it reports folding" if folded_macs else ""
+    return f"{label} is lossless but changed the MAC count: {change}{folded}", None
+
+
+def wreck_warning(label: str, fidelity: dict, advice: str = "") -> str | None:
+    """A warning when a lossy stage's output cosine against the input model is below WRECK_COSINE."""
+    cosine = (fidelity.get("vs_input") or {}).get("cosine")
+    if cosine is None or cosine >= WRECK_COSINE:
+        return None
+    hint = advice or "milder settings for this pass, or calibration data (calibration_data:)"
+    return (f"{label}: output cosine {cosine:.4f} against the input model (below {WRECK_COSINE}): the model may "
+            f"be wrecked; try {hint}, and add a min_cosine check to the recipe so a build fails on it")
