@@ -11,6 +11,7 @@ from edgeopt.graph.weights_aside import put_weights_back, set_weights_aside
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 
 ONNXSIM_META = "onnxsim."
+PROBE_TOLERANCE = 4e-3  # of the output scale: catches a wrong fold, not float16 rounding (pipeline is stricter)
 ASIDE_MIN_ELEMENTS = 4096  # float weights this big that no foldable node reads skip onnxsim's marshalling
 
 
@@ -42,34 +43,32 @@ class Simplify(Pass):
     Params = Params
 
     def apply(self, model: onnx.ModelProto, params: Params, ctx: PassContext) -> PassResult:
-        import onnxsim
-
         # With BN fusion on, onnxsim must see the Conv and BN data it rewrites: set nothing aside.
         light, aside = set_weights_aside(model, min_elements=ASIDE_MIN_ELEMENTS if not params.fuse_batchnorm
                                          else 2**62)
-        try:
-            simplified, _ = onnxsim.simplify(
-                light,
-                check_n=0,
-                perform_optimization=params.optimize,
-                skip_fuse_bn=not params.fuse_batchnorm,
-                skipped_optimizers=list(params.skip_optimizers) or None,
-                skip_constant_folding=not params.fold_constants,
-                certify=False,
-            )
-        except Exception as exc:  # onnxsim raises RuntimeError, ValueError, its own types: never crash the run
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            note = NodeNote("(model)", "", "skipped", f"onnxsim failed, model left unchanged: {reason}")
-            return PassResult(model, False, [note], "onnxsim failed; model unchanged")
-
-        _strip_onnxsim_metadata(simplified, model)
-        lifted = len(aside.lifted_constants)
-        if not lifted and _signature(simplified) == _signature(light):
+        notes = []
+        simplified, problem = _onnxsim(light, params, fold=params.fold_constants)
+        if simplified is not None and _signature(simplified) == _signature(light) and not aside.lifted_constants:
             return PassResult(model, False, [], f"nothing to simplify ({len(model.graph.node)} nodes)")
-        put_weights_back(simplified, aside)
+        if simplified is not None:
+            problem = _broken(model, put_weights_back(simplified, aside), ctx)
+        if problem and params.fold_constants:
+            # onnxsim folds shape arithmetic wrongly on some graphs with a free batch and fixed H/W
+            # (PP-OCRv4 rec: a Shape folded to width 39 where it is 40); its other rewrites are sound.
+            notes.append(NodeNote("(model)", "", "skipped", f"onnxsim's constant folding {problem}; "
+                                  "simplified without constant folding"))
+            simplified, problem = _onnxsim(light, params, fold=False)
+            if simplified is not None:
+                problem = _broken(model, put_weights_back(simplified, aside), ctx)
+        if problem:
+            notes.append(NodeNote("(model)", "", "skipped", f"onnxsim {problem}; model left unchanged"))
+            return PassResult(model, False, notes, "onnxsim failed; model unchanged")
+        _strip_onnxsim_metadata(simplified, model)
+        unfolded = bool(notes)  # the fallback ran: say so in the summary
+        lifted = len(aside.lifted_constants)
         before = Counter(n.op_type for n in model.graph.node)
         after = Counter(n.op_type for n in simplified.graph.node)
-        notes = _notes(model, simplified)
+        notes += _notes(model, simplified)
         gone = before - after
         summary = f"{sum(before.values())} -> {sum(after.values())} nodes"
         if gone:
@@ -77,7 +76,59 @@ class Simplify(Pass):
             summary += ")"
         if lifted:
             summary += f"; {lifted} Constant nodes became initializers"
+        if unfolded:
+            summary += "; without constant folding (onnxsim's folding was wrong here, see notes)"
         return PassResult(simplified, True, notes, summary)
+
+
+def _onnxsim(light: onnx.ModelProto, params: Params, fold: bool) -> tuple[onnx.ModelProto | None, str | None]:
+    """onnxsim's result, or None and why it failed (it raises RuntimeError, ValueError, its own types)."""
+    import onnxsim
+
+    try:
+        simplified, _ = onnxsim.simplify(
+            light,
+            check_n=0,
+            perform_optimization=params.optimize,
+            skip_fuse_bn=not params.fuse_batchnorm,
+            skipped_optimizers=list(params.skip_optimizers) or None,
+            skip_constant_folding=not fold,
+            certify=False,
+        )
+    except Exception as exc:  # never crash the run
+        return None, "failed: " + (" ".join(str(exc).split())[:300] or type(exc).__name__)
+    return simplified, None
+
+
+def _broken(model: onnx.ModelProto, simplified: onnx.ModelProto, ctx: PassContext) -> str | None:
+    """Why onnxsim's result is not the same model, or None: it must load in onnxruntime and compute
+    what the input computes on one probe sample (the calibration data's first, else seeded noise)."""
+    import numpy as np
+
+    from edgeopt.verify.inputs import random_inputs
+    from edgeopt.verify.runtime import make_session, ort_message
+    from edgeopt.verify.feeds import take
+
+    try:
+        session = make_session(simplified, threads=1)
+    except Exception as exc:  # onnxruntime raises its own types
+        return f"gave a model onnxruntime rejects ({ort_message(exc)})"
+    try:
+        feeds = take(ctx.data, 1) if ctx.data is not None else random_inputs(
+            model, ctx.input_shapes, ctx.seed, free_batch=1).feeds
+        expected = make_session(model, threads=1).run(None, feeds)
+    except Exception:  # noqa: BLE001 - no probe here (shapes unknown): the pipeline's verification decides
+        return None
+    try:
+        got = session.run(None, feeds)
+    except Exception as exc:
+        return f"gave a model that fails in onnxruntime ({ort_message(exc)})"
+    for a, b in zip(expected, got):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        scale = max(1.0, float(np.abs(a[np.isfinite(a)]).max(initial=0)))
+        if a.shape != b.shape or float(np.nanmax(np.abs(a - b), initial=0)) > PROBE_TOLERANCE * scale:
+            return "gave a model that computes something else on a probe input"
+    return None
 
 
 def _signature(model: onnx.ModelProto) -> tuple:
