@@ -3,7 +3,8 @@
 import numpy as np
 import onnx
 
-from edgeopt.verify.feeds import Feeds, batch_axes, concat_samples, sample_count, take, take_index
+from edgeopt.graph.shapes import batch_axes, output_batch_axes
+from edgeopt.verify.feeds import Feeds, concat_samples, sample_count, take, take_index
 
 
 def _vad_like():
@@ -40,10 +41,15 @@ def test_chunks_join_back_along_their_batch_axis():
 
 def test_named_batch_axes_resolve_what_sizes_cannot():
     # batch 2 and a leading state dim of 2: only the model's `batch` symbol says which axis is which
-    inputs = [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 3]),
-              onnx.helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, "batch", 5])]
-    axes = batch_axes(inputs)
+    vi = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["state"], ["state_out"])], "g",
+        [vi("input", onnx.TensorProto.FLOAT, ["batch", 3]), vi("state", onnx.TensorProto.FLOAT, [2, "batch", 5])],
+        [vi("state_out", onnx.TensorProto.FLOAT, [2, "batch", 5])])
+    model = onnx.helper.make_model(graph)
+    axes = batch_axes(model)
     assert axes == {"input": 0, "state": 1}
+    assert output_batch_axes(model) == {"state_out": 1}
     state = np.arange(2 * 2 * 5).reshape(2, 2, 5)
     feeds = Feeds({"input": np.zeros((2, 3)), "state": state}, axes)
     np.testing.assert_array_equal(take(feeds, 1, 2)["state"], state[:, 1:2])

@@ -6,8 +6,8 @@ exports also carry recurrent state batch-second (silero VAD's `state` is
 [2, batch, 128]), scalars (an If condition, a sample rate) and fixed-size
 tensors that every sample shares (an LSTM's [1, 1, 128] initial state).
 
-Where the model names its batch dim (`batch` on several inputs), `Feeds`
-remembers each input's axis of that name (`batch_axes`). Otherwise an array's
+Where the model says which axis holds the samples (edgeopt.graph.shapes.batch_axes:
+its free axis 0, or the axis named like the batch), `Feeds` remembers it. Otherwise an array's
 batch axis is axis 0 when its length is the sample count, else its first axis
 of that size; an array with no such axis is shared and passes whole.
 """
@@ -15,7 +15,6 @@ of that size; an array with no such axis is shared and passes whole.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 
 class Feeds(dict):
@@ -24,23 +23,6 @@ class Feeds(dict):
     def __init__(self, arrays: dict, axes: dict[str, int | None] | None = None):
         super().__init__(arrays)
         self.axes = dict(axes or {})
-
-
-def batch_axes(values: list[onnx.ValueInfoProto]) -> dict[str, int | None]:
-    """Each value's batch axis by name: the axis carrying the batch dim's symbol (the first value's
-    symbolic axis 0, e.g. `batch`). Values without that symbol are left out (the size rule decides)."""
-    def dims(vi):
-        return list(vi.type.tensor_type.shape.dim) if vi.type.HasField("tensor_type") else []
-
-    symbol = next((dims(vi)[0].dim_param for vi in values if dims(vi) and dims(vi)[0].dim_param), None)
-    if not symbol:
-        return {}
-    axes = {}
-    for vi in values:
-        axis = next((a for a, d in enumerate(dims(vi)) if d.dim_param == symbol), None)
-        if axis is not None:
-            axes[vi.name] = axis
-    return axes
 
 
 def sample_count(feeds: dict[str, np.ndarray]) -> int:

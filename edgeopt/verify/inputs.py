@@ -10,8 +10,8 @@ import onnx
 from onnx import helper
 
 from edgeopt.errors import UserError
-from edgeopt.graph.shapes import graph_inputs
-from edgeopt.verify.feeds import Feeds, batch_axes, sample_count, take
+from edgeopt.graph.shapes import batch_axes, graph_inputs
+from edgeopt.verify.feeds import Feeds, sample_count, take
 
 RANDOM_BATCH = 8  # samples of random input when the batch dim is free: top-1 agreement needs a few
 
@@ -44,7 +44,7 @@ def load_data(path: Path, model: onnx.ModelProto) -> Inputs:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # numpy raises several types for a bad archive
         raise UserError(f"{path}: not a readable .npz archive ({exc}); save it with numpy.savez") from None
-    feeds = Feeds({}, batch_axes(graph_inputs(model)))
+    feeds = Feeds({}, batch_axes(model, arrays))
     for vi in graph_inputs(model):
         if vi.name not in arrays:
             raise UserError(f"{path}: no array named {vi.name!r} (the model's input); "
@@ -67,7 +67,7 @@ def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: in
     A batch dim the model leaves free (and the caller did not fix) gets `free_batch` samples.
     """
     rng = np.random.default_rng(seed)
-    axes = batch_axes(graph_inputs(model))
+    axes = batch_axes(model)
     feeds = Feeds({}, axes)
     for vi in graph_inputs(model):
         shape = list(shapes[vi.name])

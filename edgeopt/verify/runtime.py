@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 
 from edgeopt.graph.io import needs_external_data, save_model
-from edgeopt.graph.shapes import graph_inputs
-from edgeopt.verify.feeds import batch_axes, concat_samples, sample_count, take
+from edgeopt.graph.shapes import graph_inputs, output_batch_axes
+from edgeopt.verify.feeds import concat_samples, sample_count, take
 
 
 def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
@@ -69,6 +69,6 @@ def run_batched(session: ort.InferenceSession, model: onnx.ModelProto,
     starts = range(0, batch, step)
     parts = [session.run(None, take(feeds, i, i + step)) for i in starts]
     sizes = [min(step, batch - i) for i in starts]
-    axes = batch_axes(list(model.graph.output))
+    axes = output_batch_axes(model)
     return [concat_samples([p[j] for p in parts], sizes, axes.get(out.name))
             for j, out in enumerate(model.graph.output)]

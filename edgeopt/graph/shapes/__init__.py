@@ -9,8 +9,9 @@
 
 from edgeopt.graph.shapes.fix import fix_input_shapes, refresh_shapes
 from edgeopt.graph.shapes.infer import ValueShapes, infer_value_shapes
-from edgeopt.graph.shapes.inputs import data_dims, graph_inputs, parse_shape_spec, resolve_input_shapes
+from edgeopt.graph.shapes.inputs import (batch_axes, data_dims, graph_inputs, output_batch_axes, parse_shape_spec,
+                                         resolve_input_shapes)
 from edgeopt.graph.shapes.light import LIGHT_LIMIT, light_copy
 
-__all__ = ["parse_shape_spec", "graph_inputs", "resolve_input_shapes", "data_dims", "fix_input_shapes",
+__all__ = ["parse_shape_spec", "graph_inputs", "batch_axes", "output_batch_axes", "resolve_input_shapes", "data_dims", "fix_input_shapes",
            "refresh_shapes", "infer_value_shapes", "ValueShapes", "light_copy", "LIGHT_LIMIT"]

@@ -38,12 +38,17 @@ def _static(dim) -> bool:
     return dim.HasField("dim_value") and dim.dim_value > 0
 
 
+def batch_symbol(model: onnx.ModelProto) -> str:
+    """The name the model gives its batch dim: the first input's axis-0 dim_param ('' if none)."""
+    return next((_dims(vi)[0].dim_param for vi in graph_inputs(model) if _dims(vi) and _dims(vi)[0].dim_param), "")
+
+
 def batch_axes(model: onnx.ModelProto, data: dict[str, np.ndarray] | None = None) -> dict[str, int]:
     """The free axis of each input that holds samples: axis 0, or wherever the batch symbol sits
     (the first input's axis-0 dim_param: silero's state is [2, batch, 128]); for unnamed dims, the
     first free axis whose length in `data` is the sample count."""
     inputs = graph_inputs(model)
-    symbol = next((_dims(vi)[0].dim_param for vi in inputs if _dims(vi) and _dims(vi)[0].dim_param), "")
+    symbol = batch_symbol(model)
     samples = next((len(v) for v in (data or {}).values() if np.ndim(v) >= 1), None)
     axes = {}
     for vi in inputs:
@@ -54,6 +59,17 @@ def batch_axes(model: onnx.ModelProto, data: dict[str, np.ndarray] | None = None
                    and np.ndim(data[vi.name]) == len(dims) and np.shape(data[vi.name])[a] == samples]
         if named or (0 in free) or by_size:
             axes[vi.name] = named[0] if named else (0 if 0 in free else by_size[0])
+    return axes
+
+
+def output_batch_axes(model: onnx.ModelProto) -> dict[str, int]:
+    """Each graph output's axis carrying the batch symbol (outputs without it are left out)."""
+    symbol = batch_symbol(model)
+    axes = {}
+    for vo in model.graph.output if symbol else []:
+        axis = next((a for a, d in enumerate(_dims(vo)) if d.dim_param == symbol), None)
+        if axis is not None:
+            axes[vo.name] = axis
     return axes
 
 
