@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeopt.devices import load_device
 from edgeopt.graph.macs import layer_macs
-from edgeopt.profile import profile_model
+from edgeopt.profile import profile_model, profile_on_devices
 
 RNG = np.random.default_rng(0)
 
@@ -81,6 +81,16 @@ def test_input_condition_counts_the_costlier_branch_and_says_so():
     (choice,) = prof.totals["subgraph_choices"]
     assert choice.startswith("If_0: condition not constant: then branch counted, the more expensive")
     assert "64 vs 16 ops" in choice
+
+
+def test_input_condition_on_real_feeds_counts_the_branch_they_take():
+    # silero VAD: `sr == 16000` picks the branch; the run's inputs say which one runs
+    model = if_model(cond_input=True)
+    x = RNG.standard_normal((1, 4)).astype(np.float32)
+    assert run(model, {"x": x, "c": np.array(False)})[0].shape == (1, 2)
+    prof = profile_on_devices(model, [load_device("myriadx")], None, {"x": x, "c": np.array(False)})[0]
+    assert prof.totals["macs"] == 8  # the cheaper else branch, because that is what these inputs run
+    assert prof.totals["subgraph_choices"] == ["If_0: condition is False on the given inputs: else branch counted"]
 
 
 def test_loop_with_constant_trip_count_counts_the_body_that_many_times():

@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto
 
 from edgeopt.graph.shapes import graph_inputs, infer_value_shapes, resolve_input_shapes
+from edgeopt.graph.shapes.run import observed_conditions
 
 # onnx element type -> bytes per element (sub-byte types as fractions)
 _ITEMSIZE = {
@@ -105,6 +106,7 @@ class GraphInfo:
     consumers: dict[str, list[int]] = field(default_factory=dict)
     graph_outputs: set[str] = field(default_factory=set)
     graph_input_names: list[str] = field(default_factory=list)
+    observed: dict[str, bool] = field(default_factory=dict)  # If conditions on the run's real inputs
 
     def info(self, name: str) -> TensorInfo | None:
         if not name:
@@ -153,6 +155,7 @@ def analyze(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
 
     info = GraphInfo(model=model, input_shapes=shapes, nodes=nodes, tensors=tensors, initializers=initializers)
     info.graph_outputs = {o.name for o in model.graph.output}
+    info.observed = observed_conditions(model, shapes, feeds)
     info.graph_input_names = [vi.name for vi in graph_inputs(model)]
     overridable = set(info.graph_input_names)
     const = {name for name in initializers if name not in overridable}

@@ -246,9 +246,13 @@ class _Flattener:
     def _if(self, node, name, ins, outs, graphs, rename, runs, top) -> None:
         branches = {"then": graphs["then_branch"][0], "else": graphs["else_branch"][0]}
         cond = self.value(ins[0]) if ins else None
+        observed = self.info.observed.get(ins[0]) if ins else None  # top-level conditions only
         if cond is not None and cond.size == 1:
             pick = "then" if bool(cond.reshape(-1)[0]) else "else"
             note = f"condition is constant {pick == 'then'}: {pick} branch counted"
+        elif observed is not None:  # decided by the inputs (a sample rate): the branch they take
+            pick = "then" if observed else "else"
+            note = f"condition is {observed} on the given inputs: {pick} branch counted"
         else:
             cost = {}
             for key, g in branches.items():

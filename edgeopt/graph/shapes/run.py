@@ -49,6 +49,19 @@ def run_values(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names
     return {name: value for name, value in zip(run_names, results) if name in want and isinstance(value, np.ndarray)}
 
 
+def observed_conditions(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
+                        feeds: dict[str, np.ndarray] | None) -> dict[str, bool]:
+    """The value each top-level If's condition takes on the caller's real inputs (a sample rate
+    that picks the 16 kHz branch). Only with feeds: on made-up inputs a condition means nothing."""
+    conds = [n.input[0] for n in model.graph.node if n.op_type == "If" and n.input and n.input[0]]
+    if not feeds or not conds:
+        return {}
+    inits = {t.name for t in model.graph.initializer}
+    conds = [c for c in conds if c not in inits]
+    return {name: bool(np.asarray(v).reshape(-1)[0]) for name, v in run_values(model, input_shapes, conds, feeds).items()
+            if np.size(v) == 1}
+
+
 def shapes_of(arrays: dict[str, np.ndarray]) -> dict[str, tuple[int, list[int]]]:
     return {name: (helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)) for name, a in arrays.items()}
 
