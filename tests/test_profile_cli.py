@@ -161,3 +161,26 @@ def test_profile_subprocess_json_is_clean(tiny_model, cache_dir):
     bad = subprocess.run([sys.executable, "-m", "edgeopt", "profile", str(tiny_model), "--device", "rpi9"],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("edgeopt: error: unknown device 'rpi9'")
+
+
+def test_profile_data_fixes_dims_and_picks_the_branch_its_inputs_take(tmp_path):
+    # an If on a bool input (silero VAD's sample-rate switch): then 4x8 MatMul, else 4x2
+    def branch(name, width):
+        w = numpy_helper.from_array(np.ones((4, width), np.float32), f"{name}_w")
+        mm = helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_y"], name="mm")
+        return helper.make_graph([mm], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)], [w])
+
+    node = helper.make_node("If", ["c"], ["y"], name="If_0", then_branch=branch("then", 8), else_branch=branch("else", 2))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+                                            helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model_path = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.ones((3, 4), np.float32), c=np.array(False))
+    result = run("profile", model_path, "--data", data, "--format", "json", "-q")
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.stdout)["totals"]
+    assert totals["macs"] == 4 * 2  # one sample, the else branch the data takes
+    assert totals["subgraph_choices"] == ["If_0: condition is False on the given inputs: else branch counted"]
+    assert totals["measured_latency_ms"] > 0

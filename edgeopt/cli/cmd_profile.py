@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from edgeopt.cli.options import Progress, device_option, format_option, input_shape_option, quiet_option
@@ -11,6 +13,8 @@ from edgeopt.graph.shapes import resolve_input_shapes
 from edgeopt.profile import make_session, measure_latency, profile_on_devices, random_feeds
 from edgeopt.report import Column, Table, emit
 from edgeopt.report.units import count, fixed, nbytes
+from edgeopt.verify.inputs import load_data
+from edgeopt.verify.runtime import static_batch
 
 
 MEASURE_SECONDS = 0.5  # timing budget: a ResNet-50 gets ~5 runs, a tiny model hundreds
@@ -127,10 +131,13 @@ def layers_table(prof, top: int | None) -> Table:
 @click.option("--top", type=click.IntRange(min=0), default=25, show_default=True,
               help="Layers shown in the table format (0: all; csv / markdown / json show all).")
 @click.option("--no-measure", is_flag=True, help="Skip the measured onnxruntime latency on this machine.")
+@click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
+              help="An .npz of real inputs by input name (as a recipe's data:): its shapes fix free dims, "
+                   "its first sample is what latency is measured on and decides input-dependent If branches.")
 @input_shape_option
 @format_option
 @quiet_option
-def command(model_path, device, per_layer, top, no_measure, input_shapes, fmt, quiet):
+def command(model_path, device, per_layer, top, no_measure, data, input_shapes, fmt, quiet):
     """Analytic profile of MODEL on a device (default: host), next to the latency measured here.
 
     Counts MACs, params, weight bytes by stored type, activation memory
@@ -143,11 +150,13 @@ def command(model_path, device, per_layer, top, no_measure, input_shapes, fmt, q
     if warning:
         progress.warn(warning)
     model = load_model(model_path)
-    shapes = resolve_input_shapes(model, input_shapes)
-    # The random inputs latency is measured on also serve shape inference's onnxruntime step.
+    real = load_data(data, model).first(static_batch(model) or 1) if data else None
+    shapes = resolve_input_shapes(model, input_shapes, real)
+    # Real inputs also serve shape inference's onnxruntime step and pick input-dependent branches;
+    # without them it runs on seeded random inputs of its own.
+    prof = profile_on_devices(model, [dev], shapes, real)[0]
     session = None if no_measure else make_session(model)
-    feeds = None if session is None else random_feeds(session, shapes)
-    prof = profile_on_devices(model, [dev], shapes, feeds)[0]
+    feeds = real if real is not None else (None if session is None else random_feeds(session, shapes))
     totals = prof.totals
     if totals["uncounted_ops"]:
         progress.warn(f"coverage {totals['coverage_text']}: not counted: "
