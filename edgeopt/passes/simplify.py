@@ -51,7 +51,7 @@ class Simplify(Pass):
         if simplified is not None and _signature(simplified) == _signature(light) and not aside.lifted_constants:
             return PassResult(model, False, [], f"nothing to simplify ({len(model.graph.node)} nodes)")
         if simplified is not None:
-            problem = _broken(model, put_weights_back(simplified, aside), ctx)
+            problem = _broken(model, light, simplified, aside, ctx)
         if problem and params.fold_constants:
             # onnxsim folds shape arithmetic wrongly on some graphs with a free batch and fixed H/W
             # (PP-OCRv4 rec: a Shape folded to width 39 where it is 40); its other rewrites are sound.
@@ -59,10 +59,11 @@ class Simplify(Pass):
                                   "simplified without constant folding"))
             simplified, problem = _onnxsim(light, params, fold=False)
             if simplified is not None:
-                problem = _broken(model, put_weights_back(simplified, aside), ctx)
+                problem = _broken(model, light, simplified, aside, ctx)
         if problem:
             notes.append(NodeNote("(model)", "", "skipped", f"onnxsim {problem}; model left unchanged"))
             return PassResult(model, False, notes, "onnxsim failed; model unchanged")
+        put_weights_back(simplified, aside)
         _strip_onnxsim_metadata(simplified, model)
         unfolded = bool(notes)  # the fallback ran: say so in the summary
         lifted = len(aside.lifted_constants)
@@ -100,10 +101,16 @@ def _onnxsim(light: onnx.ModelProto, params: Params, fold: bool) -> tuple[onnx.M
     return simplified, None
 
 
-def _broken(model: onnx.ModelProto, simplified: onnx.ModelProto, ctx: PassContext) -> str | None:
+def _broken(model: onnx.ModelProto, light: onnx.ModelProto, simplified: onnx.ModelProto, aside,
+            ctx: PassContext) -> str | None:
     """Why onnxsim's result is not the same model, or None: it must load in onnxruntime and compute
-    what the input computes on one probe sample (the calibration data's first, else seeded noise)."""
+    what the input computes on one probe sample (the calibration data's first, else seeded noise).
+
+    Both run as the light models onnxsim saw, the set-aside weights fed as inputs: two sessions of
+    the full model would each copy (and pre-pack) every weight, 4 GB more on a 2 GB model.
+    """
     import numpy as np
+    from onnx import numpy_helper
 
     from edgeopt.verify.inputs import random_inputs
     from edgeopt.verify.runtime import make_session, ort_message
@@ -116,11 +123,13 @@ def _broken(model: onnx.ModelProto, simplified: onnx.ModelProto, ctx: PassContex
     try:
         feeds = take(ctx.data, 1) if ctx.data is not None else random_inputs(
             model, ctx.input_shapes, ctx.seed, free_batch=1).feeds
-        expected = make_session(model, threads=1).run(None, feeds)
+        feeds = {**feeds, **{name: numpy_helper.to_array(t) for name, t in aside.tensors.items()}}
+        reference = make_session(light, threads=1)
+        expected = reference.run(None, _known(reference, feeds))
     except Exception:  # noqa: BLE001 - no probe here (shapes unknown): the pipeline's verification decides
         return None
     try:
-        got = session.run(None, feeds)
+        got = session.run(None, _known(session, feeds))
     except Exception as exc:
         return f"gave a model that fails in onnxruntime ({ort_message(exc)})"
     for a, b in zip(expected, got):
@@ -129,6 +138,12 @@ def _broken(model: onnx.ModelProto, simplified: onnx.ModelProto, ctx: PassContex
         if a.shape != b.shape or float(np.nanmax(np.abs(a - b), initial=0)) > PROBE_TOLERANCE * scale:
             return "gave a model that computes something else on a probe input"
     return None
+
+
+def _known(session, feeds: dict) -> dict:
+    """The feeds the session takes (onnxsim may drop a set-aside weight that nothing reads any more)."""
+    names = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in names}
 
 
 def _signature(model: onnx.ModelProto) -> tuple:
