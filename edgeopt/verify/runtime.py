@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from edgeopt.graph.io import needs_external_data, save_model
-from edgeopt.graph.shapes import graph_inputs, output_batch_axes
+from edgeopt.graph.shapes import batch_axes, graph_inputs, output_batch_axes
 from edgeopt.verify.feeds import concat_samples, sample_count, take
 
 
@@ -36,7 +36,7 @@ def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.Infe
     # add_external_initializers (numpy copies that onnxruntime copies again) peaks 7.3 GB above it.
     with tempfile.TemporaryDirectory(prefix="edgeopt-session-") as folder:
         path = os.path.join(folder, "model.onnx")
-        save_model(model, path, external_data=True)
+        save_model(model, path, external_data=True, sync=False)
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
@@ -49,7 +49,11 @@ def ort_message(exc: Exception) -> str:
 
 
 def static_batch(model: onnx.ModelProto) -> int | None:
-    """The fixed batch size of the model's first input, or None when the batch dim is free."""
+    """The model's fixed batch size, or None when the batch is free: free as soon as any input has a
+    free batch axis (batch_axes), else the first batched input's dim 0 (silero's fixed `state`
+    [2, batch, 128] does not make the batch 2)."""
+    if batch_axes(model):
+        return None
     for vi in graph_inputs(model):
         dims = vi.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
