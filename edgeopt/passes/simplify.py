@@ -79,7 +79,10 @@ class Simplify(Pass):
             summary += f"; {lifted} Constant nodes became initializers"
         if unfolded:
             summary += "; without constant folding (onnxsim's folding was wrong here, see notes)"
-        return PassResult(simplified, True, notes, summary)
+        removed = _removed_macs(model, simplified, ctx)
+        if removed:
+            summary += f"; {removed:,} MACs of duplicate or dead layers removed"
+        return PassResult(simplified, True, notes, summary, folded_macs=removed)
 
 
 def _onnxsim(light: onnx.ModelProto, params: Params, fold: bool) -> tuple[onnx.ModelProto | None, str | None]:
@@ -144,6 +147,30 @@ def _known(session, feeds: dict) -> dict:
     """The feeds the session takes (onnxsim may drop a set-aside weight that nothing reads any more)."""
     names = {i.name for i in session.get_inputs()}
     return {k: v for k, v in feeds.items() if k in names}
+
+
+def _removed_macs(model: onnx.ModelProto, simplified: onnx.ModelProto, ctx: PassContext) -> int:
+    """MACs of the Conv / Gemm / MatMul layers onnxsim removed as duplicates (two Convs reading the same
+    input and weights) or dead code: the MAC count may drop by this much without changing the outputs."""
+    from edgeopt.graph.macs import layer_macs
+    from edgeopt.graph.shapes import infer_value_shapes
+
+    produced = {o for n in simplified.graph.node for o in n.output}
+    gone = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            and n.output and n.output[0] not in produced]
+    if not gone:
+        return 0
+    try:
+        shapes = infer_value_shapes(model, ctx.input_shapes)
+    except Exception:  # noqa: BLE001 - no shapes, no allowance: the pipeline's MAC check decides
+        return 0
+    total = 0
+    for node in gone:
+        (_, x), (_, w), (_, y) = (shapes.get(t, (None, None)) for t in (node.input[0], node.input[1], node.output[0]))
+        if x and w and y:
+            trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+            total += layer_macs(node.op_type, x, w, y, trans_a)
+    return total
 
 
 def _signature(model: onnx.ModelProto) -> tuple:
