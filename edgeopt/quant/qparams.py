@@ -111,15 +111,22 @@ def quantize(w: np.ndarray, qp: QParams) -> np.ndarray:
     qmin, qmax = qrange(qp.bits, qp.signed)
     scale = expand(np.asarray(qp.scale, dtype=np.float32), w.shape, qp.axis, qp.block_size)
     zp = expand(qp.zero_point, w.shape, qp.axis, qp.block_size)
-    q = np.round(w.astype(np.float32) / scale) + zp
-    return np.clip(q, qmin, qmax).astype(np.int32)
+    q = w.astype(np.float32)  # one copy, then in place: a 1 GiB weight needs 1 GiB of temporaries, not 7
+    np.divide(q, scale, out=q)
+    np.round(q, out=q)
+    q += zp  # small integers: exact in float32
+    np.clip(q, qmin, qmax, out=q)
+    return q.astype(np.int32)
 
 
 def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
     """(q - zero_point) * scale as float32, what DequantizeLinear computes."""
     scale = expand(np.asarray(qp.scale, dtype=np.float32), q.shape, qp.axis, qp.block_size)
     zp = expand(qp.zero_point, q.shape, qp.axis, qp.block_size)
-    return ((q - zp).astype(np.float32) * scale).astype(np.float32)
+    out = q.astype(np.float32)  # in place, as in quantize; integers this small are exact in float32
+    out -= zp
+    out *= scale
+    return out
 
 
 def _group_error(w: np.ndarray, qp: QParams) -> np.ndarray:
