@@ -36,7 +36,10 @@ CHECKS: dict[str, CheckSpec] = {c.name: c for c in [
     CheckSpec("max_weight_bytes", "bytes of stored weights", _stage_key("weight_bytes"), True),
     CheckSpec("max_peak_activation_bytes", "peak bytes of live activations", _stage_key("peak_activation_bytes"), True),
     CheckSpec("max_measured_latency_ms", "onnxruntime latency measured on this machine, ms", _stage_key("measured_latency_ms"), True),
-    CheckSpec("min_cosine", "cosine similarity of the outputs against the input model", _fidelity_vs_input("cosine"), False),
+    CheckSpec("min_cosine", "cosine similarity of the outputs (or the recipe's fidelity.output) against the input model",
+              _fidelity_vs_input("cosine"), False),
+    CheckSpec("min_top1_agreement", "top-1 agreement with the input model (per position with fidelity.metric top1)",
+              _fidelity_vs_input("top1_agreement"), False),
     CheckSpec("max_accuracy_drop", "accuracy drop against the input model (fraction: 0.01 = 1 point)", _accuracy_drop, True),
 ]}
 

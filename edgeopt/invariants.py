@@ -30,11 +30,14 @@ def lossless_macs_problem(label: str, before: dict, after: dict, folded_macs: in
     return f"{label} is lossless but changed the MAC count: {change}{folded}", None
 
 
-def wreck_warning(label: str, fidelity: dict, advice: str = "") -> str | None:
-    """A warning when a lossy stage's output cosine against the input model is below WRECK_COSINE."""
-    cosine = (fidelity.get("vs_input") or {}).get("cosine")
-    if cosine is None or cosine >= WRECK_COSINE:
+def wreck_warning(label: str, fidelity: dict, advice: str = "", metric: str = "cosine") -> str | None:
+    """A warning when a lossy stage's output cosine (or, with the recipe's `fidelity: {metric: top1}`,
+    its top-1 agreement) against the input model is below WRECK_COSINE."""
+    key, check = ("top1_agreement", "min_top1_agreement") if metric == "top1" else ("cosine", "min_cosine")
+    value = (fidelity.get("vs_input") or {}).get(key)
+    if value is None or value >= WRECK_COSINE:
         return None
     hint = advice or "milder settings for this pass, or calibration data (calibration_data:)"
-    return (f"{label}: output cosine {cosine:.4f} against the input model (below {WRECK_COSINE}): the model may "
-            f"be wrecked; try {hint}, and add a min_cosine check to the recipe so a build fails on it")
+    what = "top-1 agreement" if key == "top1_agreement" else "cosine"
+    return (f"{label}: output {what} {value:.4f} against the input model (below {WRECK_COSINE}): the model may "
+            f"be wrecked; try {hint}, and add a {check} check to the recipe so a build fails on it")

@@ -29,7 +29,7 @@ from edgeopt.profile import measure_latency, profile_on_devices
 from edgeopt.profile.counting import MAC_OPS
 from edgeopt.recipe.load import Recipe
 from edgeopt.verify.check import ModelInvalid, check_model
-from edgeopt.verify.fidelity import accuracy, compare, output_scale
+from edgeopt.verify.fidelity import FidelitySpec, accuracy, compare, output_scale
 from edgeopt.verify.inputs import Inputs, load_data, random_inputs
 from edgeopt.verify.runtime import make_session, ort_message, run_batched, static_batch
 
@@ -122,14 +122,25 @@ def _verify(model: onnx.ModelProto, label: str, inputs: Inputs):
     return session, outputs
 
 
-def _fidelity(prev_outputs, first_outputs, outputs, labels) -> dict:
-    vs_prev = compare(prev_outputs, outputs)
-    vs_input = compare(first_outputs, outputs)
+def _fidelity(prev_outputs, first_outputs, outputs, labels, spec: FidelitySpec, names: list[str]) -> dict:
+    """Fidelity against the previous stage and the input, on the recipe's `fidelity:` output and metric.
+    `all_max_abs_error` (every output, against the previous stage) is what the lossless check uses."""
+    def focus(values):
+        return spec.select(names, values)
+
+    per_position = spec.metric == "top1"
+    vs_prev = compare(focus(prev_outputs), focus(outputs), per_position)
+    vs_input = compare(focus(first_outputs), focus(outputs), per_position)
+    every = compare(prev_outputs, outputs) if spec.output else vs_prev
     fid = {k: vs_prev.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
     fid["accuracy"] = accuracy(outputs, labels)
     fid["vs_input"] = {k: vs_input.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
-    if "problem" in vs_prev:
-        fid["problem"] = vs_prev["problem"]
+    if spec.output or spec.metric != "cosine":
+        fid["on"] = {"output": spec.output, "metric": spec.metric}
+    fid["all_max_abs_error"] = every.get("max_abs_error")
+    problem = every.get("problem") or vs_prev.get("problem")
+    if problem:
+        fid["problem"] = problem
     return fid
 
 
@@ -156,6 +167,10 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         check_model(model)
     except ModelInvalid as exc:
         raise UserError(f"{recipe.model}: the input model fails the ONNX checker: {exc}") from None
+    output_names = [o.name for o in model.graph.output]
+    if recipe.fidelity.output is not None and recipe.fidelity.output not in output_names:
+        raise UserError(f"{recipe.path}: fidelity.output: {recipe.fidelity.output!r} is not an output of "
+                        f"{recipe.model.name}; its outputs are {output_names}")
     overrides = {**recipe.input_shapes, **options.input_shapes}
     data = load_data(recipe.data, model) if recipe.data else None
     shapes = resolve_input_shapes(model, overrides, data.feeds if data else None)
@@ -213,16 +228,16 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         gc.collect()
         refresh_shapes(result.model)  # no stale value_info or output dims survive a pass
         session, outputs = _verify(result.model, label, inputs)
-        fid = _fidelity(prev_outputs, first_outputs, outputs, inputs.labels)
+        fid = _fidelity(prev_outputs, first_outputs, outputs, inputs.labels, recipe.fidelity, output_names)
         if fid.get("problem"):
             raise VerificationError(f"{label}: {fid['problem']}")
         if cls.lossless:
             tolerance = lossless_tolerance(result.model)
             limit = tolerance * output_scale(prev_outputs)
-            if fid["max_abs_error"] > limit:
+            if fid["all_max_abs_error"] > limit:
                 raise VerificationError(
                     f"{label} is lossless but its outputs diverged: max abs error "
-                    f"{fid['max_abs_error']:.3g} > {limit:.3g} ({tolerance:g} of the output scale)")
+                    f"{fid['all_max_abs_error']:.3g} > {limit:.3g} ({tolerance:g} of the output scale)")
         record = {"stage": len(records), "pass": spec.name, "params": spec.raw_params}
         record.update(_profile_record(result.model, devices, shapes, inputs.feeds))
         warnings = []
@@ -232,7 +247,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
                 raise VerificationError(error + "; nothing was written")
             warnings.append(warning)
         else:
-            warnings.append(wreck_warning(label, fid, cls.advice))
+            warnings.append(wreck_warning(label, fid, cls.advice, recipe.fidelity.metric))
         record["warnings"] = [w for w in warnings if w]
         for warning in record["warnings"]:
             log(f"edgeopt: warning: {warning}")

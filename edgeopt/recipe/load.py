@@ -13,8 +13,10 @@ from edgeopt.checks import CHECKS
 from edgeopt.errors import UserError
 from edgeopt.passes import get_pass, pass_names
 from edgeopt.recipe.values import ValueProblem, build_params, coerce, did_you_mean
+from edgeopt.verify.fidelity import METRICS, FidelitySpec
 
-TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "calibration_data", "passes", "checks", "seed")
+TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "calibration_data", "fidelity", "passes",
+                  "checks", "seed")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Recipe:
     checks: dict[str, float]
     seed: int = 0
     calibration_data: Path | None = None  # what data-driven passes fit on; default: `data`
+    fidelity: FidelitySpec = field(default_factory=FidelitySpec)  # the output and metric checks look at
 
 
 def read_yaml(path: Path) -> Any:
@@ -136,10 +139,31 @@ def parse_recipe(doc: dict, path: Path) -> Recipe:
             raise UserError(f"{where}: input_shapes.{name}: dims must be positive integers, got {dims}")
     seed = _field(doc, "seed", int, where) or 0
     checks = _parse_checks(doc.get("checks"), where)
+    fidelity = _parse_fidelity(doc.get("fidelity"), where)
     passes = _parse_passes(doc.get("passes"), where)
     return Recipe(path=path, model=model, output=output, devices=list(devices) if isinstance(devices, list) else [devices],
                   input_shapes=input_shapes, data=data, passes=passes, checks=checks, seed=seed,
-                  calibration_data=calibration)
+                  calibration_data=calibration, fidelity=fidelity)
+
+
+def _parse_fidelity(value: Any, where: str) -> FidelitySpec:
+    """`fidelity: {output: NAME, metric: cosine | top1 | max_abs}` (both optional)."""
+    if value is None:
+        return FidelitySpec()
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: fidelity: expected a mapping like {{output: NAME, metric: top1}}")
+    for key in value:
+        if key not in ("output", "metric"):
+            raise UserError(f"{where}: fidelity.{key}: unknown key{did_you_mean(str(key), ('output', 'metric'))} "
+                            "(keys: output, metric)")
+    metric = value.get("metric", "cosine")
+    if metric not in METRICS:
+        raise UserError(f"{where}: fidelity.metric: {metric!r} is not one of {', '.join(METRICS)}"
+                        f"{did_you_mean(str(metric), METRICS)}")
+    output = value.get("output")
+    if output is not None and not isinstance(output, str):
+        raise UserError(f"{where}: fidelity.output: expected the name of a model output, got {output!r}")
+    return FidelitySpec(output=output, metric=metric)
 
 
 def _field(doc: dict, key: str, hint: Any, where: str) -> Any:

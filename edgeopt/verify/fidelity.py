@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -14,6 +16,24 @@ def output_scale(outputs: list[np.ndarray]) -> float:
     flat = _flat(outputs)
     finite = flat[np.isfinite(flat)]
     return max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0
+
+
+METRICS = ("cosine", "top1", "max_abs")
+
+
+@dataclass(frozen=True)
+class FidelitySpec:
+    """The recipe's `fidelity:`: which output budgets and checks look at, and how.
+
+    output None: all outputs. metric top1: agreement of the argmax along the output's last axis, so a
+    per-position classifier (a CTC text recognizer's [N, T, 6625]) counts positions, not raw values.
+    """
+
+    output: str | None = None
+    metric: str = "cosine"
+
+    def select(self, model_outputs: list[str], outputs: list[np.ndarray]) -> list[np.ndarray]:
+        return outputs if self.output is None else [outputs[model_outputs.index(self.output)]]
 
 
 def _logits(outputs: list[np.ndarray]) -> np.ndarray | None:
@@ -31,8 +51,17 @@ def accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | No
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
-def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
-    """cosine, max_abs_error and top1_agreement of candidate against reference."""
+def _positions(outputs: list[np.ndarray]) -> np.ndarray | None:
+    """The first output as class scores per position, [.., C] -> [positions, C] (C > 1)."""
+    first = np.asarray(outputs[0])
+    if first.ndim < 2 or first.shape[-1] < 2:
+        return None
+    return first.reshape(-1, first.shape[-1])
+
+
+def compare(reference: list[np.ndarray], candidate: list[np.ndarray], per_position: bool = False) -> dict:
+    """cosine, max_abs_error and top1_agreement of candidate against reference (top-1 over [N, C]
+    class scores, or along the last axis at every position with per_position)."""
     ref, cand = _flat(reference), _flat(candidate)
     if ref.shape != cand.shape:
         return {"cosine": None, "max_abs_error": None, "top1_agreement": None,
@@ -44,7 +73,8 @@ def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
     cosine = float(np.dot(ref, cand) / denom) if denom > 0 else (1.0 if np.array_equal(ref, cand) else 0.0)
     result = {"cosine": cosine, "max_abs_error": float(np.max(np.abs(ref - cand))) if ref.size else 0.0,
               "top1_agreement": None}
-    ref_logits, cand_logits = _logits(reference), _logits(candidate)
+    scores = _positions if per_position else _logits
+    ref_logits, cand_logits = scores(reference), scores(candidate)
     if ref_logits is not None and cand_logits is not None:
         result["top1_agreement"] = float(np.mean(np.argmax(ref_logits, 1) == np.argmax(cand_logits, 1)))
     return result
