@@ -54,7 +54,10 @@ def analyze_model(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | N
     """The editable IR of a copy of `model` and its channel groups."""
     ir_model = to_ir(model)
     # Exporters share equal weights through Identity nodes (a BN bias read via Identity): see through them.
-    IdentityEliminationPass()(ir_model)
+    try:
+        IdentityEliminationPass()(ir_model)
+    except ValueError:  # onnx_ir cannot move an If branch's output Identity (silero VAD): keep them all
+        ir_model = to_ir(model)
     return ir_model, analyze(ir_model, static_shapes(model, input_shapes))
 
 
