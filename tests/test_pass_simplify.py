@@ -193,3 +193,27 @@ def test_big_weights_are_set_aside_from_onnxsim_and_restored():
     assert [vi.name for vi in result.model.graph.input] == ["x"]
     feeds = {"x": np.random.default_rng(4).standard_normal((3, 16, 6, 6)).astype(np.float32)}
     assert_same(model, result.model, feeds)
+
+
+def test_a_wrong_fold_by_onnxsim_falls_back_to_simplifying_without_folding(monkeypatch):
+    # onnxsim once folded a Shape to width 39 where the model computes 40 (PP-OCRv4 rec): the pass probes
+    # onnxsim's result and, when it computes something else, simplifies again without constant folding
+    import onnxsim
+
+    real = onnxsim.simplify
+
+    def folds_wrongly(model, **kwargs):
+        out, ok = real(model, **kwargs)
+        if not kwargs.get("skip_constant_folding"):
+            for init in out.graph.initializer:
+                if init.name == "w":
+                    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2, "w"))
+        return out, ok
+
+    monkeypatch.setattr(onnxsim, "simplify", folds_wrongly)
+    model = flatten_matmul(2, weights_as_constants=False)
+    result = SIMPLIFY().apply(model, SIMPLIFY.Params(), PassContext(input_shapes={"x": [2, 2, 2]}))
+    assert result.modified and "without constant folding" in result.summary
+    assert "computes something else on a probe input" in result.notes[0].reason
+    assert ops(result.model)["Transpose"] == 1  # the weight transpose was not folded this time
+    assert_same(model, result.model, x_feed(2))
