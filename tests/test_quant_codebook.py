@@ -23,7 +23,7 @@ def apply(model, name="quantize_codebook", **params):
 def test_per_tensor_4bit_structure_and_numbers():
     model = toy_model()
     ref = run(model)
-    result = apply(model, bits=4, granularity="per_tensor", min_elements=0)
+    result = apply(model, bits=4, granularity="per_tensor", min_elements=0, scale_dtype="auto")
     out = result.model
     onnx.checker.check_model(out, full_check=True)
     ops = [n.op_type for n in out.graph.node]
@@ -43,6 +43,11 @@ def test_per_tensor_4bit_structure_and_numbers():
     assert "2 biases to float16 (160 B -> 80 B)" in result.summary
 
 
+def test_codebooks_are_float32_by_default():
+    out = apply(toy_model(), bits=4, granularity="per_tensor", min_elements=0).model
+    assert initializer(out, "W1_codebook").data_type == onnx.TensorProto.FLOAT
+
+
 def test_decode_in_onnxruntime_equals_numpy_kmeans():
     model = toy_model()
     out = apply(model, bits=3, granularity="per_tensor", min_elements=0, scale_dtype="float32").model
@@ -60,7 +65,7 @@ def test_decode_in_onnxruntime_equals_numpy_kmeans():
 def test_per_channel_uses_gather_elements_on_the_channel_axis():
     model = toy_model()
     ref = run(model)
-    out = apply(model, bits=4, granularity="per_channel", min_elements=0).model
+    out = apply(model, bits=4, granularity="per_channel", min_elements=0, scale_dtype="auto").model
     onnx.checker.check_model(out, full_check=True)
     books = {t.name: list(t.dims) for t in out.graph.initializer if t.name.endswith("_codebook")}
     assert books["W1_codebook"] == [16, 16]  # [out channels, 2^bits]

@@ -80,12 +80,15 @@ def _bytes(model):
 @pytest.mark.parametrize("stem", MODELS)
 def test_int8_weights(stem, test_data, calib_ctx):
     model = _model(stem)
-    default = _apply("quantize_weights", model, calib_ctx, bits=8)  # float16 scales and biases
-    assert default.modified and _bytes(model) / _bytes(default.model) >= 3.9
-    assert _acc(model, test_data) - _acc(default.model, test_data) <= 0.005
+    small = _apply("quantize_weights", model, calib_ctx, bits=8, scale_dtype="auto")  # float16 scales, biases
+    assert small.modified and _bytes(model) / _bytes(small.model) >= 3.9
+    assert _acc(model, test_data) - _acc(small.model, test_data) <= 0.005
+    default = _apply("quantize_weights", model, calib_ctx, bits=8)  # float32 scales, float16 biases
     wide = _apply("quantize_weights", model, calib_ctx, bits=8, scale_dtype="float32", biases="float32")
-    assert 3.5 <= _bytes(model) / _bytes(wide.model) < _bytes(model) / _bytes(default.model)
-    assert _acc(model, test_data) - _acc(wide.model, test_data) <= 0.005
+    assert 3.5 <= _bytes(model) / _bytes(wide.model) < _bytes(model) / _bytes(default.model) \
+        < _bytes(model) / _bytes(small.model)
+    for result in (default, wide):
+        assert _acc(model, test_data) - _acc(result.model, test_data) <= 0.005
 
 
 @pytest.mark.parametrize("stem", MODELS)
@@ -93,10 +96,10 @@ def test_int4_weights(stem, test_data, calib_ctx):
     model = _model(stem)
     per_channel = _apply("quantize_weights", model, calib_ctx, bits=4)
     assert per_channel.modified and per_channel.model.opset_import[0].version >= 21
-    assert _bytes(model) / _bytes(per_channel.model) >= 7.0
+    assert _bytes(model) / _bytes(per_channel.model) >= 6.5  # float32 scales (float16: >= 7.0)
     assert _acc(model, test_data) - _acc(per_channel.model, test_data) <= 0.02
     block = _apply("quantize_weights", model, calib_ctx, bits=4, granularity="block", block_size=32)
-    assert _bytes(model) / _bytes(block.model) >= 6.5  # one float16 scale per 32 values caps it near 7.1x
+    assert _bytes(model) / _bytes(block.model) >= 5.5  # one float32 scale per 32 values caps it near 6.4x
     assert _acc(model, test_data) - _acc(block.model, test_data) <= 0.02
 
 
@@ -107,11 +110,10 @@ def _layer_errors(result):
 @pytest.mark.parametrize("stem", MODELS)
 def test_codebook_4bit_against_uniform_int4(stem, test_data, calib_ctx):
     model = _model(stem)
-    # the same storage: 4-bit indices / integers plus one float16 scale per output channel
+    # the same storage: 4-bit indices / integers plus one float32 scale per output channel
     uniform = _apply("quantize_weights", model, calib_ctx, bits=4)  # MSE-clipped ranges
     codebook = _apply("quantize_codebook", model, calib_ctx, bits=4, granularity="channel_scaled")
     # the fit starts from the uniform int4 solution and never raises the error: no layer is worse
-    # (up to the float16 rounding of the refitted codebook)
     errors_u, errors_c = _layer_errors(uniform), _layer_errors(codebook)
     assert errors_u.keys() == errors_c.keys() and len(errors_c) >= 7
     assert all(errors_c[k] <= errors_u[k] * 1.001 for k in errors_c)
@@ -121,7 +123,7 @@ def test_codebook_4bit_against_uniform_int4(stem, test_data, calib_ctx):
     # accuracy on 540 images: as good as float32 (int4 per-channel exceeds float32 by 2 images on
     # resnet_digits, which a closer fit cannot be asked to reproduce; bench/RESULTS_quant.md)
     assert _acc(codebook.model, test_data) >= _acc(model, test_data)
-    assert _bytes(model) / _bytes(codebook.model) >= 7.0
+    assert _bytes(model) / _bytes(codebook.model) >= 6.4  # float32 codebooks and channel scales
 
 
 @pytest.mark.parametrize("stem", MODELS + VARIANTS)

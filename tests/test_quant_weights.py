@@ -82,9 +82,12 @@ def test_int8_per_channel_structure_bytes_and_numbers():
     for w in ("W1", "W2", "W3", "G", "M"):
         assert types[f"{w}_quantized"] == onnx.TensorProto.INT8
         assert w not in types  # the float weight is gone
-    # biases and per-channel scales are stored float16 (scale_dtype auto upgrades opset 13 -> 19)
-    assert types["b1_fp16"] == types["gb_fp16"] == types["G_scale"] == onnx.TensorProto.FLOAT16
-    assert "b1" not in types and out.opset_import[0].version == 19
+    # biases are stored float16, scales float32 by default (per-channel int8 needs no upgrade past 13)
+    assert types["b1_fp16"] == types["gb_fp16"] == onnx.TensorProto.FLOAT16
+    assert types["G_scale"] == onnx.TensorProto.FLOAT
+    assert "b1" not in types and out.opset_import[0].version == 13
+    half = apply(model, bits=8, min_elements=0, scale_dtype="auto").model  # float16 scales: asked for
+    assert initializer(half, "G_scale").data_type == onnx.TensorProto.FLOAT16 and half.opset_import[0].version == 19
     # per-channel axes: Conv out channels (0), Gemm transB=0 / MatMul [K, N] columns (1)
     axes = {n.input[0]: helper.get_attribute_value(n.attribute[0]) for n in out.graph.node
             if n.op_type == "DequantizeLinear"}
@@ -145,7 +148,7 @@ def test_int4_upgrades_opset_and_int8_per_channel_needs_13():
     old = toy_model(opset=11)
     r8 = apply(old, bits=8, min_elements=0, scale_dtype="float32")
     assert r8.model.opset_import[0].version == 13 and "opset upgraded 11 -> 13" in r8.summary
-    r8_half = apply(old, bits=8, min_elements=0)  # auto: float16 scales, which need opset 19
+    r8_half = apply(old, bits=8, min_elements=0, scale_dtype="auto")  # float16 scales need opset 19
     assert r8_half.model.opset_import[0].version == 19 and "opset upgraded 11 -> 19" in r8_half.summary
     r4 = apply(old, bits=4, min_elements=0)
     assert r4.model.opset_import[0].version == 21 and r4.model.ir_version >= 10
@@ -304,7 +307,7 @@ def test_float16_storage_falls_back_where_float16_cannot_hold_the_values():
     w1.CopyFrom(numpy_helper.from_array(tiny, "W1"))
     b1 = initializer(model, "b1")
     b1.CopyFrom(numpy_helper.from_array(np.full(16, 1e5, np.float32), "b1"))  # beyond float16's 65504
-    result = apply(model, bits=8, min_elements=0)
+    result = apply(model, bits=8, min_elements=0, scale_dtype="auto")
     types = {t.name: t.data_type for t in result.model.graph.initializer}
     assert types["W1_scale"] == types["b1"] == onnx.TensorProto.FLOAT
     assert types["W2_scale"] == types["gb_fp16"] == onnx.TensorProto.FLOAT16
@@ -347,7 +350,7 @@ def test_auto_scales_fall_back_to_float32_when_opset_19_is_out_of_reach(monkeypa
 
     monkeypatch.setattr(driver, "ensure_opset", no_19)
     model = toy_model(opset=13)
-    result = apply(model, bits=8, min_elements=0)
+    result = apply(model, bits=8, min_elements=0, scale_dtype="auto")
     assert result.modified and result.model.opset_import[0].version == 13
     assert initializer(result.model, "W1_scale").data_type == onnx.TensorProto.FLOAT
     assert "kept float32 scales: opset 19 not reachable (no adapter)" in result.summary
