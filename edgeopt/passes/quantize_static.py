@@ -160,18 +160,39 @@ class QuantizeStatic(Pass):
                         top1 is None or top1 >= params.min_top1_agreement)
 
                 fid = fidelity(q)
-                sens_feeds = _take(evals, SENSITIVITY_SAMPLES, multiple)
-                while not fid_ok(fid) and len(auto_excluded) < params.max_float_nodes:
-                    cands = sorted(quantized_nodes(q) - set(user_excluded) - set(auto_excluded))
-                    errors = local_errors(prepared, q, sens_feeds, cands)
-                    if not errors:
-                        break
-                    worst = max(sorted(errors), key=lambda n: errors[n])
-                    auto_excluded[worst] = errors[worst]
-                    nxt, problem = quantize(auto_excluded)
-                    if nxt is None:
+                if not fid_ok(fid) and params.max_float_nodes:
+                    # Rank the nodes once by the error their own quantization adds, then find the fewest
+                    # of the worst to keep in float: all max_float_nodes first (if even that misses the
+                    # budget, stop), then a binary search. A bounded number of quantize-and-measure
+                    # rounds (about log2(max_float_nodes) + 1), whatever the model's size.
+                    cands = sorted(quantized_nodes(q) - set(user_excluded))
+                    errors = local_errors(prepared, q, _take(evals, SENSITIVITY_SAMPLES, multiple), cands)
+                    ranked = sorted(errors, key=lambda n: (-errors[n], n))[:params.max_float_nodes]
+                    tried: dict[int, tuple] = {}
+
+                    def attempt(k: int):
+                        if k not in tried:
+                            cand, problem = quantize(ranked[:k])
+                            tried[k] = (cand, problem, fidelity(cand) if cand is not None else None)
+                        return tried[k]
+
+                    best = len(ranked)
+                    cand, problem, cand_fid = attempt(best) if ranked else (None, None, None)
+                    if cand is None and problem:
                         return unchanged(problem)
-                    q, fid = nxt, fidelity(nxt)
+                    if cand is not None and fid_ok(cand_fid):
+                        low, high = 0, best  # fid_ok fails at low (0 nodes), holds at high
+                        while high - low > 1:
+                            mid = (low + high) // 2
+                            cand_mid, problem, fid_mid = attempt(mid)
+                            if cand_mid is not None and fid_ok(fid_mid):
+                                high = mid
+                            else:
+                                low = mid
+                        best = high
+                    if cand is not None:
+                        q, _, fid = attempt(best)
+                        auto_excluded = {n: errors[n] for n in ranked[:best]}
                 figures.update({"cosine": fid.get("cosine"), "top1_agreement": fid.get("top1_agreement")})
                 if not fid_ok(fid):
                     return unchanged(
