@@ -148,8 +148,9 @@ class _TempFile:
     Created with mode 0666 so the umask decides, like any file a tool creates (mkstemp's is 0600).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, sync: bool = True):
         self.path = path
+        self.sync = sync
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.handle = os.fdopen(fd, "wb")
@@ -157,7 +158,8 @@ class _TempFile:
     def close(self) -> None:
         if not self.handle.closed:
             self.handle.flush()
-            os.fsync(self.handle.fileno())
+            if self.sync:
+                os.fsync(self.handle.fileno())
             self.handle.close()
 
     def commit(self) -> None:
@@ -191,12 +193,14 @@ def data_file_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False) -> None:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False, *,
+               sync: bool = True) -> None:
     """Write a model atomically; deterministic: same model, same bytes. `model` is not changed.
 
     With external_data, or when the model inline would pass the 2 GiB limit, every tensor of at
     least 1 KiB goes to `data_file_path(path)` and the .onnx refers to it. Both files are written
     to temporary names first and renamed only when both are complete, data file first.
+    sync=False skips fsync, for a file nobody keeps (a temporary copy for onnxruntime).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,12 +208,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         write_atomic(path, model.SerializeToString(deterministic=True))
         return
     data_path = data_file_path(path)
-    data = _TempFile(data_path)
+    data = _TempFile(data_path, sync)
     head = None
     try:
         shell = onnx.ModelProto()
         _copy_placing(model, shell, _DataWriter(data.handle, data_path.name))
-        head = _TempFile(path)
+        head = _TempFile(path, sync)
         head.handle.write(shell.SerializeToString(deterministic=True))
         del shell
         data.commit()
