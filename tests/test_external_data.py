@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -225,7 +225,7 @@ def test_make_session_over_the_limit_loads_from_external_data(monkeypatch):
     written = []
     real_save = io.save_model
     monkeypatch.setattr("edgeopt.verify.runtime.save_model",
-                        lambda m, p, external_data=False: (written.append(Path(p)), real_save(m, p, external_data)))
+                        lambda m, p, **kw: (written.append(Path(p)), real_save(m, p, **kw)))
     got = make_session(model, threads=1).run(None, {"x": x})[0]
     assert len(written) == 1 and not written[0].parent.exists()  # the temporary folder is gone
     np.testing.assert_array_equal(got, want)
@@ -284,3 +284,98 @@ def test_a_failed_external_write_midway_leaves_nothing_behind(tmp_path, monkeypa
     with pytest.raises(MemoryError):
         save_model(_mlp(), tmp_path / "out.onnx", external_data=True)
     assert _files(tmp_path) == []
+
+
+# --- a model over 2 GiB ----------------------------------------------------------------------------
+
+BIG_N = 16384  # a [16384, 16384] float32 weight is 2^28 elements, 1 GiB
+BIG_SHAPES = [(BIG_N, BIG_N), (BIG_N, BIG_N), (BIG_N, 64)]  # 2 GiB + 4 MiB: protobuf cannot hold it inline
+
+
+def _write_big_model(folder: Path) -> None:
+    """x [batch, 16384] -> Identity -> MatMul W0 -> MatMul W1 -> MatMul W2 -> y [batch, 64], weights
+    written straight to m.onnx.data a 64 MiB block at a time (this process never holds a weight)."""
+    rng = np.random.default_rng(0)
+    inits = []
+    with open(folder / "m.onnx.data", "wb") as f:
+        for i, (rows, cols) in enumerate(BIG_SHAPES):
+            offset = f.tell()
+            bound = float(np.sqrt(3.0 / rows))  # unit-variance outputs layer after layer
+            for _ in range(0, rows, 1024):
+                f.write(((rng.random((1024, cols), dtype=np.float32) - 0.5) * (2 * bound)).tobytes())
+            t = TensorProto(name=f"W{i}", data_type=TensorProto.FLOAT, dims=[rows, cols],
+                            data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", "m.onnx.data"), ("offset", str(offset)), ("length", str(rows * cols * 4))):
+                t.external_data.add(key=key, value=value)
+            inits.append(t)
+    nodes = [helper.make_node("Identity", ["x"], ["h0"], name="identity")]
+    nodes += [helper.make_node("MatMul", [f"h{i}", f"W{i}"], [f"h{i + 1}" if i < 2 else "y"], name=f"fc{i}")
+              for i in range(3)]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", BIG_N])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+
+
+def _run_path(path: Path, x: np.ndarray) -> np.ndarray:
+    """One session at a time, freed before the next: this process stays at one model's size."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        return session.run(None, {"x": x})[0]
+    finally:
+        del session
+
+
+@pytest.mark.slow
+def test_a_model_over_2_gib_through_simplify_quantize_weights_and_profile(tmp_path):
+    started = time.perf_counter()
+    _write_big_model(tmp_path)
+    data_bytes = sum(r * c * 4 for r, c in BIG_SHAPES)
+    assert data_bytes > 2**31
+    x = np.random.default_rng(1).standard_normal((2, BIG_N)).astype(np.float32)
+    try:
+        ref = _run_path(tmp_path / "m.onnx", x)
+
+        # simplify: the output is over 2 GiB, so it can only be written with external data
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump({"model": "m.onnx", "output": "out/s.onnx",
+                                                         "passes": ["simplify"]}))
+        proc = _edgeopt("run", tmp_path / "s.yaml", "--no-measure", "--quiet", "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        assert "-1 Identity" in json.loads(proc.stdout)["stages"][1]["summary"]
+        assert _files(tmp_path / "out") == ["s.onnx", "s.onnx.data"]
+        assert (tmp_path / "out/s.onnx").stat().st_size < 4096
+        assert (tmp_path / "out/s.onnx.data").stat().st_size == data_bytes  # 1 GiB tensors: no padding
+        head = onnx.load(str(tmp_path / "out/s.onnx"), load_external_data=False)
+        assert [n.op_type for n in head.graph.node] == ["MatMul"] * 3
+        assert all(t.data_location == TensorProto.EXTERNAL and not t.HasField("raw_data")
+                   for t in head.graph.initializer)
+        np.testing.assert_allclose(_run_path(tmp_path / "out/s.onnx", x), ref, rtol=1e-5,
+                                   atol=1e-5 * float(np.abs(ref).max()))
+
+        # quantize_weights on simplify's output: 0.5 GiB of int8, external like its input
+        (tmp_path / "q.yaml").write_text(yaml.safe_dump({"model": "out/s.onnx", "output": "out/q.onnx",
+                                                         "passes": ["quantize_weights"]}))
+        proc = _edgeopt("run", tmp_path / "q.yaml", "--no-measure", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        assert _files(tmp_path / "out") == ["q.onnx", "q.onnx.data", "s.onnx", "s.onnx.data"]
+        head = onnx.load(str(tmp_path / "out/q.onnx"), load_external_data=False)
+        int8 = [t for t in head.graph.initializer if t.data_type == TensorProto.INT8]
+        assert len(int8) == 3 and all(t.data_location == TensorProto.EXTERNAL for t in int8)
+        assert data_bytes // 4 <= (tmp_path / "out/q.onnx.data").stat().st_size < data_bytes // 4 + 2**20
+        got = _run_path(tmp_path / "out/q.onnx", x)
+        cosine = float(np.sum(got * ref) / np.linalg.norm(got) / np.linalg.norm(ref))
+        assert cosine > 0.999  # three int8 per-channel layers: about 0.4 % error each
+        assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+        # profile, with onnxruntime's measured latency: a session of the 2 GiB model
+        proc = _edgeopt("profile", tmp_path / "out/s.onnx", "--format", "json", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        totals = json.loads(proc.stdout)["totals"]
+        assert totals["macs"] == sum(r * c for r, c in BIG_SHAPES)  # batch 1
+        assert totals["weight_bytes"] == data_bytes
+        assert totals["measured_latency_ms"] > 0
+    finally:
+        for big in tmp_path.rglob("*.data"):  # pytest keeps the last runs' folders: not 5 GB of them
+            big.unlink()
+    print(f"over-2-GiB chain: {time.perf_counter() - started:.1f} s")
