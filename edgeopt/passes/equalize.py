@@ -139,6 +139,8 @@ def _find_pair(producer: ir.Node, params: Params, version: int) -> _Pair | str:
     if isinstance(reader, str):
         return reader
     act = None
+    if reader.op_type == "BatchNormalization":
+        return "a BatchNormalization follows it: run fold_batchnorm first"
     if reader.op_type != "Conv":
         act = reader
         if act.domain not in ("", "ai.onnx") or act.inputs[0] is not value:
