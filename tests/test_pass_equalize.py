@@ -393,3 +393,14 @@ def test_cli_fold_batchnorm_then_equalize_on_mobilenet_digits(tmp_path, write_re
     assert stages[2]["fidelity"]["max_abs_error"] < 1e-4
     out = onnx.load(tmp_path / "out.onnx")
     assert ops(out)["Min"] == 12  # the 12 ReLU6 inside equalized pairs now clip per channel
+
+
+def test_float16_weights_are_skipped():
+    model = chain()
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(model, full_check=True)
+    result = apply(model)
+    assert not result.modified and "float16, not float32/float64" in notes(result)[0].reason
