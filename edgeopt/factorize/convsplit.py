@@ -16,7 +16,7 @@ import onnx_ir as ir
 from edgeopt.factorize.conv_layers import ConvLayer, collect_patches, conv_layer, matches, value_shapes
 from edgeopt.factorize.search import choose_size
 from edgeopt.graph.edit import add_initializer, to_ir, to_proto
-from edgeopt.passes.base import NodeNote, PassContext, PassResult, param
+from edgeopt.pass_types import NodeNote, PassContext, PassResult, param
 
 BN_WARNING = ("a BatchNormalization follows: run fold_batchnorm before this pass so the error "
               "budget applies to the folded weights")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from edgeopt.passes.base import NodeNote, Pass, PassContext, PassResult, param
+from edgeopt.passes.base import NodeNote, Pass, PassContext, PassResult, Rewrite, param
 
 _REGISTRY: dict[str, type[Pass]] = {}
 _LOADED = False
@@ -47,4 +47,15 @@ def get_pass(name: str) -> type[Pass] | None:
     return _REGISTRY.get(name)
 
 
-__all__ = ["NodeNote", "Pass", "PassContext", "PassResult", "param", "register", "all_passes", "get_pass", "pass_names"]
+def helper(name: str) -> Rewrite:
+    """A pass at its defaults as a helper rewrite for a library (quant's fold-BatchNorm-first step)."""
+    def run(model, ctx):
+        cls = get_pass(name)
+        result = cls().apply(model, cls.Params(), ctx)
+        return result.model, name if result.modified else ""
+
+    run.__name__ = name
+    return run
+
+
+__all__ = ["helper", "NodeNote", "Pass", "PassContext", "PassResult", "param", "register", "all_passes", "get_pass", "pass_names"]

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edgeopt.passes import Pass, PassContext, PassResult, param, register
+from edgeopt.passes import Pass, PassContext, PassResult, helper, param, register
 from edgeopt.quant.decode import cast_mul_subgraph, codebook_subgraph
 from edgeopt.quant.driver import Compressed, run_weight_pass
 from edgeopt.quant.kmeans import kmeans_1d, scaled_codebook
@@ -106,5 +106,5 @@ class QuantizeCodebook(Pass):
 
         return run_weight_pass(
             model, params, ctx, target_opset=21 if params.bits <= 4 else 13,  # UINT4 storage needs 21
-            verb="clustered", compress=compress, build_int8_bias=cast_mul_subgraph,
+            verb="clustered", compress=compress, build_int8_bias=cast_mul_subgraph, fold=helper("fold_batchnorm"),
             summary_head=lambda n: f"clustered {n} weights into {1 << params.bits} centroids {params.granularity}")

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
+from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, helper, param, register
 from edgeopt.quant.calibrate import StaticQuantizer
 from edgeopt.quant.opset import OpsetUpgradeError
 from edgeopt.quant.prepare import prepare_float
@@ -107,7 +107,7 @@ class QuantizeStatic(Pass):
             return unchanged(f"the model is already quantized ({decoders[0].op_type} {decoders[0].name!r}); "
                              "run quantize_static on the float model")
         try:
-            prepared, prep_steps = prepare_float(model, ctx)
+            prepared, prep_steps = prepare_float(model, ctx, [helper("simplify"), helper("fold_batchnorm")])
         except OpsetUpgradeError as exc:
             return unchanged(str(exc))
         fixed = static_batch(prepared)  # a model exported (or fixed) at batch 1 takes exactly 1

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from edgeopt.passes import Pass, PassContext, PassResult, param, register
+from edgeopt.passes import Pass, PassContext, PassResult, helper, param, register
 from edgeopt.quant.decode import cast_mul_subgraph, dequantize_subgraph
 from edgeopt.quant.driver import Compressed, graph_opset, run_weight_pass
 from edgeopt.quant.params import WeightPassParams
@@ -108,7 +108,7 @@ class QuantizeWeights(Pass):
                                "scale_dtype": str(qp.scale.dtype)})
 
         return run_weight_pass(
-            model, params, ctx, verb="quantized", compress=compress, build_int8_bias=build,
+            model, params, ctx, verb="quantized", compress=compress, build_int8_bias=build, fold=helper("fold_batchnorm"),
             target_opset=half_opset if params.scale_dtype == "float16" else f32_opset,
             preferred_opset=half_opset if params.scale_dtype == "auto" and wants_half else None,
             summary_head=lambda n: f"quantized {n} weights to {kind} {params.granularity}")

@@ -9,7 +9,7 @@ import onnx
 from onnx_ir.passes.common import IdentityEliminationPass
 
 from edgeopt.graph.edit import to_ir, to_proto
-from edgeopt.passes.base import NodeNote
+from edgeopt.pass_types import NodeNote
 from edgeopt.prune.criteria import DATA_CRITERIA, channel_scores, keep_indices
 from edgeopt.prune.groups import GraphAnalysis, analyze, static_shapes
 from edgeopt.prune.macs import total_macs

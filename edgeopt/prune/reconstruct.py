@@ -15,7 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.graph.edit import add_initializer, const_array
-from edgeopt.passes.base import NodeNote
+from edgeopt.pass_types import NodeNote
 from edgeopt.prune.groups import _attr, node_label
 from edgeopt.prune.im2col import conv_geometry, patches, sample_positions
 from edgeopt.prune.probe import Probe, subsample

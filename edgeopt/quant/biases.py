@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.passes.base import NodeNote
+from edgeopt.pass_types import NodeNote
 from edgeopt.quant.decode import add_const, cast_to_float
 from edgeopt.quant.qparams import compute_qparams, dequantize, quantize
 from edgeopt.quant.report import fmt_bytes

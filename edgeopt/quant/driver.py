@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.graph.edit import to_ir, to_proto
-from edgeopt.passes.base import NodeNote, PassContext, PassResult
+from edgeopt.pass_types import NodeNote, PassContext, PassResult, Rewrite
 from edgeopt.quant.biascorrect import correct_slot
 from edgeopt.quant.biases import store_biases
 from edgeopt.quant.means import input_means
@@ -61,7 +61,7 @@ def _upgrade(model: onnx.ModelProto, target: int, preferred: int | None) -> tupl
 def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassContext, *, target_opset: int,
                     verb: str, compress: Callable[[ir.Graph, WeightSlot], Compressed],
                     summary_head: Callable[[int], str], build_int8_bias: Callable,
-                    preferred_opset: int | None = None) -> PassResult:
+                    preferred_opset: int | None = None, fold: Rewrite | None = None) -> PassResult:
     """Run the shared loop; `verb` ("quantized", "clustered") names what happened to each weight.
 
     target_opset is what the format needs; preferred_opset (optional, higher) what its smaller
@@ -74,8 +74,8 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
         return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
                           summary=f"left unchanged: {exc}")
     fold_note = ""
-    if params.fold_batchnorm:
-        work, fold_note = fold_batchnorm_first(work, ctx)
+    if params.fold_batchnorm and fold is not None:  # fold: the fold_batchnorm pass, handed in by the caller
+        work, fold_note = fold_batchnorm_first(work, ctx, fold)
     graph_model = to_ir(work)
     graph = graph_model.graph
     slots, notes = find_weights(graph, params.op_types, params.exclude, params.min_elements)

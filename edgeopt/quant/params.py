@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from edgeopt.passes.base import param
+from edgeopt.pass_types import param
 from edgeopt.quant.weights import WEIGHT_OPS
 
 

@@ -9,39 +9,16 @@ that block the QLinearConv fusion (models 2-3x slower and larger than fp32).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnx
 
 from edgeopt.graph.edit import to_ir, to_proto
-from edgeopt.passes.base import PassContext
+from edgeopt.pass_types import PassContext, Rewrite
 from edgeopt.quant.opset import ensure_opset
 from edgeopt.quant.runtime import ort_load_error
 
 STATIC_MIN_OPSET = 13
-
-
-def _simplify(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, str]:
-    from edgeopt.passes import get_pass
-
-    cls = get_pass("simplify")
-    if cls is not None:
-        result = cls().apply(model, cls.Params(), ctx)
-        return result.model, "simplify"
-    import onnxsim
-
-    simplified, ok = onnxsim.simplify(model)
-    if not ok:
-        raise RuntimeError("onnxsim could not validate the simplified model")
-    return simplified, "onnxsim"
-
-
-def _fold_batchnorm(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, str]:
-    from edgeopt.passes import get_pass
-
-    cls = get_pass("fold_batchnorm")
-    if cls is None:
-        return model, ""
-    result = cls().apply(model, cls.Params(), ctx)
-    return result.model, "fold_batchnorm" if result.modified else ""
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -68,8 +45,11 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def prepare_float(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, list[str]]:
-    """The prepared float model and what was done. Raises OpsetUpgradeError when opset 13 is out of reach.
+def prepare_float(model: onnx.ModelProto, ctx: PassContext,
+                  steps: Sequence[Rewrite]) -> tuple[onnx.ModelProto, list[str]]:
+    """The prepared float model and what was done: opset 13, Constant weights lifted, then `steps`
+    (the calling pass hands in simplify and fold_batchnorm). Raises OpsetUpgradeError when opset 13
+    is out of reach.
 
     Each step is kept only if its result still loads in onnxruntime; a step that fails is
     reported and skipped (the model stays valid, only less prepared).
@@ -82,11 +62,11 @@ def prepare_float(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelP
     if any(n.op_type == "Constant" for n in work.graph.node):
         done.append("Constant weights lifted to initializers")
     work = lifted
-    for step in (_simplify, _fold_batchnorm):
+    for step in steps:
         try:
             candidate, label = step(work, ctx)
-        except Exception as exc:  # a helper pass or onnxsim failing must not sink the quantization
-            done.append(f"{step.__name__.strip('_')} skipped ({' '.join(str(exc).split())[:120]})")
+        except Exception as exc:  # a helper pass failing must not sink the quantization
+            done.append(f"{step.__name__} skipped ({' '.join(str(exc).split())[:120]})")
             continue
         if label and ort_load_error(candidate) is None:
             work = candidate
@@ -94,13 +74,13 @@ def prepare_float(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelP
     return name_nodes(work), done
 
 
-def fold_batchnorm_first(model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, str]:
+def fold_batchnorm_first(model: onnx.ModelProto, ctx: PassContext, fold: Rewrite) -> tuple[onnx.ModelProto, str]:
     """Fold BatchNormalization into the weights before they are quantized (lossless), so the BN
     parameters do not stay float and the folded weights are the ones rounded. ('' if nothing folded.)"""
     if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
         return model, ""
     try:
-        folded, label = _fold_batchnorm(model, ctx)
+        folded, label = fold(model, ctx)
     except Exception as exc:  # the helper pass failing must not sink the quantization
         return model, f"fold_batchnorm skipped ({' '.join(str(exc).split())[:120]})"
     if not label or ort_load_error(folded) is not None:

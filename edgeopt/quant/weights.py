@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.graph.edit import const_array
-from edgeopt.passes.base import NodeNote
+from edgeopt.pass_types import NodeNote
 from edgeopt.quant.select import excluded, node_label
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
