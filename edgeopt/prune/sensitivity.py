@@ -154,32 +154,54 @@ def scan(model: onnx.ModelProto, config: PruneConfig, ratios: list[float], feeds
     return Scan(trials, macs_before, evaluate.baseline_accuracy, frozen, scores), evaluate
 
 
-def _allocate(trials: list[Trial], allowance: float) -> dict[int, Trial]:
-    """Greedy multiple-choice knapsack: most MACs saved per unit of squared error within the allowance."""
+def _options(trials: list[Trial]) -> dict[int, list[Trial]]:
     options: dict[int, list[Trial]] = {}
     for t in trials:
         options.setdefault(t.group, []).append(t)
+    return options
+
+
+def _cost(t: Trial | None) -> float:
+    return t.rel_error ** 2 if t else 0.0
+
+
+def _next_cut(options: dict[int, list[Trial]], chosen: dict[int, Trial], room: float = math.inf) -> Trial | None:
+    """The cut (one group to a deeper trial) with the most MACs saved per unit of squared error added,
+    among those adding at most `room`."""
+    best, best_eff = None, -1.0
+    for gid, opts in options.items():
+        cur = chosen.get(gid)
+        cur_macs = cur.macs_saved if cur else 0
+        for t in opts:
+            gain = t.macs_saved - cur_macs
+            cost = _cost(t) - _cost(cur)
+            if gain <= 0 or cost > room:
+                continue
+            eff = gain / max(cost, 1e-12)
+            if eff > best_eff:
+                best, best_eff = t, eff
+    return best
+
+
+def _allocate(trials: list[Trial], allowance: float) -> dict[int, Trial]:
+    """Greedy multiple-choice knapsack: most MACs saved per unit of squared error within the allowance."""
+    options = _options(trials)
     chosen: dict[int, Trial] = {}
     spent = 0.0
-    while True:
-        best, best_eff = None, -1.0
-        for gid, opts in options.items():
-            cur = chosen.get(gid)
-            cur_macs = cur.macs_saved if cur else 0
-            cur_cost = cur.rel_error ** 2 if cur else 0.0
-            for t in opts:
-                gain = t.macs_saved - cur_macs
-                cost = t.rel_error ** 2 - cur_cost
-                if gain <= 0 or spent + cost > allowance:
-                    continue
-                eff = gain / max(cost, 1e-12)
-                if eff > best_eff:
-                    best, best_eff = t, eff
-        if best is None:
-            return chosen
-        cur = chosen.get(best.group)
-        spent += best.rel_error ** 2 - (cur.rel_error ** 2 if cur else 0.0)
+    while (best := _next_cut(options, chosen, allowance - spent)) is not None:
+        spent += _cost(best) - _cost(chosen.get(best.group))
         chosen[best.group] = best
+    return chosen
+
+
+def greedy_path(trials: list[Trial]) -> list[dict[int, Trial]]:
+    """The same greedy without an allowance: every state it passes through, cheapest cuts first
+    (path[0] prunes nothing; each next state cuts one group deeper)."""
+    options = _options(trials)
+    path: list[dict[int, Trial]] = [{}]
+    while (best := _next_cut(options, path[-1])) is not None:
+        path.append({**path[-1], best.group: best})
+    return path
 
 
 def ratios_for(chosen: dict[int, Trial]) -> dict[str, float]:
