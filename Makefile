@@ -29,11 +29,12 @@ corpus: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeopt run recipes/demo.yaml
 
+# -n auto: one worker per core; each corpus model's cells stay on one worker (--dist loadgroup)
 test: $(STAMP) corpus
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q -n auto -m 'not slow and not corpus'
 
 # ImageNet-shape models with random weights (not committed): build/models/*.onnx
 models: $(STAMP)

@@ -74,7 +74,13 @@ def _prepared(model, tmp_factory) -> Path:
     return _PREPARED[model.key]
 
 
-@pytest.mark.parametrize("model", MODELS, ids=[m.key for m in MODELS])
+def _grouped(cells, key):
+    """One xdist group per corpus model (make test: --dist loadgroup), so its lossless prefix is run once."""
+    return [pytest.param(*cell, marks=pytest.mark.xdist_group(key(cell)), id=ident)
+            for cell, ident in cells]
+
+
+@pytest.mark.parametrize("model", _grouped([((m,), m.key) for m in MODELS], lambda c: c[0].key))
 def test_lossless_chain_keeps_outputs_and_macs(model, tmp_path):
     onnx_path, data = _paths(model)
     result = _run(tmp_path, onnx_path, data, LOSSLESS_CHAIN)
@@ -98,7 +104,7 @@ def test_lossless_chain_keeps_outputs_and_macs(model, tmp_path):
 CELLS = [(m, p) for m in MODELS for p in pass_names() if p not in PREFIX]
 
 
-@pytest.mark.parametrize("model,pass_name", CELLS, ids=[f"{m.key}-{p}" for m, p in CELLS])
+@pytest.mark.parametrize("model,pass_name", _grouped([(c, f"{c[0].key}-{c[1]}") for c in CELLS], lambda c: c[0].key))
 def test_pass_on_real_export(model, pass_name, tmp_path, tmp_path_factory):
     prepared = _prepared(model, tmp_path_factory)
     _, data = _paths(model)
