@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 
 from edgeopt.pass_types import NodeNote
-from edgeopt.prune.core import PruneConfig, PruneOutcome, prune_model
-from edgeopt.prune.plan import _choices
+from edgeopt.prune.core import PruneConfig, PruneOutcome, analyze_model, prune_model
+from edgeopt.prune.plan import _choices, plan_groups
 from edgeopt.prune.sensitivity import Budget, Scan, Trial, greedy_path, scan
 
 
@@ -46,6 +46,7 @@ class Point:
     value: float
     measured: dict | None = None
     outcome: PruneOutcome | None = None
+    label: str = "greedy"  # or "uniform ratio R": which allocation this point is
 
 
 @dataclass
@@ -58,6 +59,7 @@ class AutoResult:
     budget_met: bool
     status: str  # "met", "backed off" (to the most pruned point that holds the budget), "unchanged"
     at_target: Point  # the point that met (or came nearest) the target
+    rivals: list[Point] = dataclasses.field(default_factory=list)  # other allocations verified at the target
 
     @property
     def outcome(self) -> PruneOutcome:
@@ -110,6 +112,12 @@ def auto_prune(model: onnx.ModelProto, config: PruneConfig, target: Target, budg
     # candidates from least to most pruned: the path's states, then the (trimmed) target point
     candidates = [at(i) for i in range(hi)] + [at_target]
 
+    def _rank(p: Point) -> tuple:
+        """Better first by the budget, then calibration accuracy (with labels), then output error."""
+        acc = p.measured.get("accuracy")
+        return (budget.met(p.measured, evaluate.baseline_accuracy), acc if acc is not None else 0.0,
+                -p.measured["rel_error"])
+
     def verify(p: Point) -> bool:
         if p.measured is None:
             if p.keep:
@@ -124,6 +132,17 @@ def auto_prune(model: onnx.ModelProto, config: PruneConfig, target: Target, budg
                 f"accuracy {p.measured.get('accuracy')}")
         return budget.met(p.measured, evaluate.baseline_accuracy)
 
+    rivals = []
+    if reachable and at_target.keep:
+        # The greedy adds errors measured alone; one ratio everywhere is the allocation it must beat.
+        uniform = _uniform_point(model, config, target, point, input_shapes)
+        if uniform is not None and uniform.keep != at_target.keep:
+            verify(at_target)
+            verify(uniform)
+            if _rank(uniform) > _rank(at_target):
+                at_target, uniform = uniform, at_target
+                candidates[-1] = at_target
+            rivals.append(uniform)
     chosen, status = at_target, "met"
     if not verify(at_target):
         if on_miss == "best":
@@ -137,7 +156,25 @@ def auto_prune(model: onnx.ModelProto, config: PruneConfig, target: Target, budg
             chosen, status = candidates[0], "unchanged"
             verify(chosen)
     return AutoResult(chosen, result, baseline, evaluate.baseline_accuracy, target.met(chosen.value),
-                      budget.met(chosen.measured, evaluate.baseline_accuracy), status, at_target)
+                      budget.met(chosen.measured, evaluate.baseline_accuracy), status, at_target, rivals)
+
+
+def _uniform_point(model: onnx.ModelProto, config: PruneConfig, target: Target,
+                   point: Callable[..., Point], input_shapes: dict[str, list[int]] | None) -> Point | None:
+    """The smallest single ratio (rounding balanced, as prune_channels does) that meets the target."""
+    _, analysis = analyze_model(model, input_shapes)
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        plans = plan_groups(analysis.groups, mid, config.round_to, config.min_channels, config.exclude)
+        p = point({}, {pl.group.id: pl.keep for pl in plans if pl.group.prunable and pl.removed > 0})
+        if target.met(p.value):
+            hi, best = mid, p
+        else:
+            lo = mid
+    if best is not None:
+        best.label = f"uniform ratio {hi:.4g}"
+    return best
 
 
 def _trim_last_cut(path: list[dict[int, Trial]], i: int, config: PruneConfig, target: Target,
@@ -187,7 +224,10 @@ def describe(result: AutoResult, target: Target, budget: Budget) -> tuple[list[N
     trials: dict[str, list[Trial]] = {}
     for t in result.scan.trials:
         trials.setdefault(t.name, []).append(t)
-    cut = {t.name: t for t in result.point.state.values() if t.group in result.point.keep}
+    keep = result.point.keep
+    # the cost of a cut measured alone: its own scan trial, or (uniform) the scanned cut nearest to it
+    cut = {ts[0].name: min(ts, key=lambda t: (abs(t.keep - keep[t.group]), t.keep))
+           for ts in trials.values() if ts[0].group in keep}
     notes = []
     for note in result.outcome.notes:
         if note.node in trials and note.action in ("pruned", "skipped"):
@@ -208,14 +248,19 @@ def describe(result: AutoResult, target: Target, budget: Budget) -> tuple[list[N
                "baseline_value": result.baseline_value, "target_met": result.target_met,
                "budget": budget.describe(), "budget_met": result.budget_met, "status": result.status,
                "macs_before": o.macs_before, "macs_after": o.macs_after, "measured": m,
-               "ratios": {t.name: round(1 - result.point.keep[t.group] / t.channels, 6) for t in cut.values()}}
+               "allocation": result.point.label,
+               "ratios": {t.name: round(1 - keep[t.group] / t.channels, 6) for t in cut.values()}}
+    if result.rivals:
+        figures["rivals"] = [{"allocation": r.label, "value": r.value, "measured": r.measured} for r in result.rivals]
     at = result.at_target
     if at is not result.point:
         figures["at_target"] = {"value": at.value, "measured": at.measured, "keep": len(at.keep)}
     notes.append(NodeNote("(model)", "-", "measured", "ratio: auto, on the calibration data", figures))
     value = "" if target.name == "MACs kept" else f", {target.name} {_value(target, result.point.value)}"
-    head = (f"auto: {len(cut)} of {len(trials)} scanned groups cut; {macs}{value} (target "
-            f"{_value(target, target.limit)}); {_fidelity(m, acc0)}")
+    head = (f"auto ({result.point.label}): {len(cut)} of {len(trials)} scanned groups cut; {macs}{value} "
+            f"(target {_value(target, target.limit)}); {_fidelity(m, acc0)}")
+    for r in result.rivals:
+        head += f"; {r.label} at {_value(target, r.value)}: {_fidelity(r.measured, acc0)}"
     reach = "" if target.met(at.value) else (
         f"the target is out of reach at the scanned ratios (deepest cuts: {_value(target, at.value)}); ")
     if result.status == "met":
