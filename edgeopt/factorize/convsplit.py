@@ -6,6 +6,7 @@ rewrite); this module does the rest the same way for both.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,8 +16,10 @@ import onnx_ir as ir
 
 from edgeopt.factorize.conv_layers import ConvLayer, collect_patches, conv_layer, matches, value_shapes
 from edgeopt.factorize.search import choose_size
+from edgeopt.factorize.target import SizePlan, layer_options, plan_sizes
 from edgeopt.graph.edit import add_initializer, to_ir, to_proto
 from edgeopt.pass_types import NodeNote, PassContext, PassResult, param
+from edgeopt.prune.macs import total_macs
 
 BN_WARNING = ("a BatchNormalization follows: run fold_batchnorm before this pass so the error "
               "budget applies to the folded weights")
@@ -35,6 +38,10 @@ class SplitBudget:
               "a negative value allows splits that add MACs", lt=1)
     exclude: list[str] = param(help="Conv node names (or wildcards like `stem*`) to leave alone",
                                default_factory=list)
+    target_macs: float | None = param(
+        None, "fraction of the model's MACs to keep (0.5 = 2x fewer): sizes are then chosen across layers, "
+              "the least squared error per MAC saved first, until the target is met (each layer still "
+              "within max_error and min_macs_saving); the summary says when it cannot be met", gt=0, le=1)
 
 
 class Splitter(Protocol):
@@ -118,9 +125,18 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
         else:
             layers.append(layer)
     reference = collect_patches(model, layers, ctx.data, ctx.seed) if ctx.data and layers else {}
+    plan, model_macs = None, None
+    if params.target_macs is not None:
+        model_macs = total_macs(model, ctx.input_shapes)
+        plan, planned = _plan_target(layers, reference, params, model_macs, splitter)
     namer = Namer(graph)
     done, macs_before, macs_after, bn_layers = 0, 0, 0, 0
-    for layer in layers:
+    for index, layer in enumerate(layers):
+        if plan is not None and index not in plan.sizes:
+            why = ("not needed to meet target_macs: cheaper errors per MAC saved met it" if index in planned
+                   else "no size within max_error and min_macs_saving to offer target_macs")
+            notes.append(NodeNote(layer.name, "Conv", "skipped", why))
+            continue
         original = reference.get(layer.name)
         if original is None:
             factorizer = splitter.factorizer(layer, None, None, None)
@@ -130,7 +146,8 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
             current = collect_patches(ir.to_proto(ir_model), [layer], ctx.data, ctx.seed)[layer.name]
             factorizer = splitter.factorizer(layer, current.values, original.values, original.images)
         choice = choose_size(
-            factorizer.full, requested, lambda s, layer=layer: splitter.saving(layer, s), factorizer.split,
+            factorizer.full, requested if plan is None else plan.sizes[index],
+            lambda s, layer=layer: splitter.saving(layer, s), factorizer.split,
             params.max_error, params.min_macs_saving,
             weight_errors=None if original is not None else factorizer.weight_errors(),
             what=splitter.what)
@@ -153,6 +170,8 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
         figures.update({"macs_after": after, "macs_saving": round(splitter.saving(layer, size), 4),
                         splitter.size_figure: size, "error": round(float(split.error), 6),
                         "error_on": split.error_on, "refitted": split.refitted})
+        if plan is not None:
+            figures["planned_error"] = round(plan.errors[index], 6)
         splitter.rewrite(graph, layer, split, namer)
         notes.append(NodeNote(layer.name, "Conv", splitter.action, BN_WARNING if layer.bn_follows else "",
                               figures))
@@ -170,4 +189,43 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
         summary += f"; {skipped} skipped"
     if bn_layers:
         summary += f"; {bn_layers} followed by BatchNormalization (run fold_batchnorm first)"
-    return PassResult(to_proto(ir_model) if done else model, bool(done), notes, summary)
+    out = to_proto(ir_model) if done else model
+    if plan is not None:
+        summary += _target_summary(params.target_macs, model_macs, total_macs(out, ctx.input_shapes), plan)
+    return PassResult(out, bool(done), notes, summary)
+
+
+def _plan_target(layers: list[ConvLayer], reference: dict, params: Any, model_macs: int,
+                 splitter: Splitter) -> tuple[SizePlan, set[int]]:
+    """Sizes per layer for params.target_macs, from each layer's errors fitted on the original model;
+    and the layers that had any size to offer."""
+    needed = math.ceil(model_macs * (1 - params.target_macs) - 1e-9)
+    options = []
+    for index, layer in enumerate(layers):
+        before = layer.macs()
+        if before is None:
+            continue
+        original = reference.get(layer.name)
+        if original is None:
+            factorizer = splitter.factorizer(layer, None, None, None)
+            table = factorizer.weight_errors()
+            errors = lambda sizes, table=table: {s: float(table[s]) for s in sizes}  # noqa: E731
+        else:
+            factorizer = splitter.factorizer(layer, original.values, None, original.images)
+            errors = lambda sizes, f=factorizer: {s: float(f.split(s).error) for s in sizes}  # noqa: E731
+        options += layer_options(index, factorizer.full, before, lambda s, layer=layer: splitter.macs_after(layer, s),
+                                 lambda s, layer=layer: splitter.saving(layer, s), errors, params.max_error,
+                                 params.min_macs_saving)
+    return plan_sizes(options, needed), {o.group for o in options}
+
+
+def _target_summary(target: float, before: int, after: int, plan: SizePlan) -> str:
+    ratio = after / before if before else 1.0
+    text = f"; model MACs {before:,} -> {after:,} (x{ratio:.3f})"
+    if ratio <= target + 1e-12:
+        return text + f", target_macs {target:g} met"
+    if not plan.met:
+        return text + (f"; target_macs {target:g} NOT met: every layer at the deepest split within max_error "
+                       "and min_macs_saving saves too little (raise max_error or lower min_macs_saving)")
+    return text + (f"; target_macs {target:g} NOT met: the planned splits reach it but some layer's error on "
+                   "the inputs it gets after the earlier splits exceeds max_error (see notes)")

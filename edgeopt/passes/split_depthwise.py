@@ -12,6 +12,7 @@ import onnx_ir as ir
 from edgeopt.factorize.conv_layers import ConvLayer
 from edgeopt.factorize.convsplit import SplitBudget, Namer, conv_node, geometry_attrs, replace, run_split, weight
 from edgeopt.factorize.depthwise import DepthwiseFactorizer, DepthwiseSplit, depthwise_macs
+from edgeopt.errors import UserError
 from edgeopt.passes import register
 from edgeopt.passes.base import Pass, PassContext, PassResult, param
 
@@ -86,4 +87,7 @@ class SplitDepthwise(Pass):
 
     def apply(self, model: onnx.ModelProto, params: SplitDepthwiseParams, ctx: PassContext) -> PassResult:
         requested = None if params.depth_multiplier == "auto" else int(params.depth_multiplier)
+        if requested is not None and params.target_macs is not None:
+            raise UserError("split_depthwise: target_macs chooses the depth multiplier per layer; set "
+                            "`depth_multiplier: auto` or drop target_macs")
         return run_split(model, params, requested, ctx, _DepthwiseSplitter())

@@ -12,6 +12,7 @@ import onnx_ir as ir
 from edgeopt.factorize.conv_layers import ConvLayer
 from edgeopt.factorize.convsplit import SplitBudget, Namer, conv_node, geometry_attrs, replace, run_split, weight
 from edgeopt.factorize.spatial import SpatialFactorizer, SpatialSplit, spatial_macs
+from edgeopt.errors import UserError
 from edgeopt.passes import register
 from edgeopt.passes.base import Pass, PassContext, PassResult, param
 
@@ -109,4 +110,7 @@ class SplitSpatial(Pass):
 
     def apply(self, model: onnx.ModelProto, params: SplitSpatialParams, ctx: PassContext) -> PassResult:
         requested = None if params.rank == "auto" else int(params.rank)
+        if requested is not None and params.target_macs is not None:
+            raise UserError("split_spatial: target_macs chooses the rank per layer; set "
+                            "`rank: auto` or drop target_macs")
         return run_split(model, params, requested, ctx, _SpatialSplitter())

@@ -196,7 +196,8 @@ def _allocate(trials: list[Trial], allowance: float) -> dict[int, Trial]:
 
 def greedy_path(trials: list[Trial]) -> list[dict[int, Trial]]:
     """The same greedy without an allowance: every state it passes through, cheapest cuts first
-    (path[0] prunes nothing; each next state cuts one group deeper)."""
+    (path[0] prunes nothing; each next state cuts one group deeper). It reads only .group, .macs_saved
+    and .rel_error, so the split passes' target (factorize.target) walks its layer sizes with it too."""
     options = _options(trials)
     path: list[dict[int, Trial]] = [{}]
     while (best := _next_cut(options, path[-1])) is not None:
