@@ -112,3 +112,24 @@ def test_auto_needs_one_target_and_targets_need_auto():
         pass_cls().apply(model, pass_cls.Params(ratio=0.5, target_macs=0.5), PassContext())
     with pytest.raises(UserError, match="max_accuracy_drop needs labelled"):
         run_auto(model, target_macs=0.5, max_accuracy_drop=0.01)
+
+
+def test_a_latency_target_on_the_recipe_device():
+    from edgeopt.devices import load_device
+
+    device = load_device("rpi3")
+    model = robust_and_sensitive()
+    shapes = {"x": [1, 3, 6, 6]}
+    before = profile_model(model, device, shapes).totals["est_latency_ms"]
+    limit = 0.5 * before
+    pass_cls = get_pass("prune_channels")
+    result = pass_cls().apply(model, pass_cls.Params(ratio="auto", scan_ratios=SCAN, max_est_latency_ms=limit,
+                                                     min_cosine=0.99),
+                              PassContext(data=data(), input_shapes=shapes, device=device))
+    after = profile_model(result.model, device, shapes).totals["est_latency_ms"]
+    assert after <= limit < before
+    f = next(n for n in result.notes if n.node == "(model)").figures
+    assert f["target"] == "est latency ms" and f["value"] == pytest.approx(after) and f["target_met"]
+    assert cosine(model, result.model, data()) >= 0.99
+    with pytest.raises(UserError, match="needs a `device:`"):
+        run_auto(model, max_est_latency_ms=limit)
