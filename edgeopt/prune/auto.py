@@ -269,8 +269,12 @@ def describe(result: AutoResult, target: Target, budget: Budget) -> tuple[list[N
     else:
         miss = f"{reach}at {_value(target, at.value)} the budget {budget.describe()} does not hold " \
                f"({_fidelity(at.measured, acc0)})"
-        tail = (f"; {miss}: stopped at the most pruned point that holds it" if result.status == "backed off"
-                else f"; {miss}: model left unchanged (on_miss: unchanged)")
+        if result.status == "unchanged":
+            tail = f"; {miss}: model left unchanged (on_miss: unchanged)"
+        elif not keep:
+            tail = f"; {miss}, nor at any fewer cuts of the greedy: model left unchanged"
+        else:
+            tail = f"; {miss}: stopped at the most pruned point that holds it"
     return notes, head + tail
 
 
