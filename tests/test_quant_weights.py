@@ -227,7 +227,7 @@ def test_bad_parameter_is_rejected_with_its_location():
     with pytest.raises(UserError, match=r"passes\[0\]\.quantize_weights\.block_size: must be >= 2, got 1"):
         parse_recipe(doc, Path("r.yaml"))
     doc = {"model": "m.onnx", "passes": [{"quantize_weights": {"bits": 3}}]}
-    with pytest.raises(UserError, match=r"quantize_weights\.bits: must be 8 or 4, got 3"):
+    with pytest.raises(UserError, match=r"quantize_weights\.bits: must be 8 or 4 or .auto., got 3"):
         parse_recipe(doc, Path("r.yaml"))
     doc = {"model": "m.onnx", "passes": [{"quantize_weights": {"op_types": ["Conv", "LSTM"]}}]}
     with pytest.raises(UserError, match=r"op_types: 'LSTM' is not supported"):

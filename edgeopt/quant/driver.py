@@ -34,11 +34,20 @@ from edgeopt.quant.weights import WeightSlot, find_weights
 class Compressed:
     """One weight after the pass's own step."""
 
-    out: ir.Value  # the decoded weight, read where the float weight was
+    out: ir.Value | None  # the decoded weight, read where the float weight was; None: the weight stays float
     nbytes: int  # stored bytes of the compressed form
     decoded: np.ndarray  # what the graph computes with, for the error figures
     reason: str  # the note, e.g. "W conv.w -> int8 per_channel"
     figures: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What a pass's plan step (run once the weights are found, before any is compressed) decided."""
+
+    note: str = ""  # added to the summary
+    unchanged: str = ""  # non-empty: leave the model unchanged, for this reason
+    notes: list[NodeNote] = field(default_factory=list)
 
 
 def graph_opset(graph: ir.Graph) -> int:
@@ -61,12 +70,15 @@ def _upgrade(model: onnx.ModelProto, target: int, preferred: int | None) -> tupl
 def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassContext, *, target_opset: int,
                     verb: str, compress: Callable[[ir.Graph, WeightSlot], Compressed],
                     summary_head: Callable[[int], str], build_int8_bias: Callable,
-                    preferred_opset: int | None = None, fold: Rewrite | None = None) -> PassResult:
+                    preferred_opset: int | None = None, fold: Rewrite | None = None,
+                    plan: Callable[[ir.Model, list[WeightSlot]], Plan] | None = None) -> PassResult:
     """Run the shared loop; `verb` ("quantized", "clustered") names what happened to each weight.
 
     target_opset is what the format needs; preferred_opset (optional, higher) what its smaller
     variant needs (float16 scales): tried first, and compress sees the result through graph_opset.
     build_int8_bias decodes int8 biases (params.biases == "int8") the way the pass decodes weights.
+    plan (optional) sees the prepared model and its weights before compress runs (a per-layer search);
+    a weight compress leaves float (out None) keeps its float bias too.
     """
     try:
         work, upgrade_note = _upgrade(model, target_opset, preferred_opset)
@@ -83,12 +95,26 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
         inner = sum(1 for n in notes if "inside a subgraph" in n.reason)
         return PassResult(model, False, notes, summary="no weight to compress; model unchanged" + (
             f" ({inner} weight nodes inside If/Loop/Scan subgraphs are not handled)" if inner else ""))
+    planned = plan(graph_model, slots) if plan is not None else Plan()
+    if planned.unchanged:
+        return PassResult(model, False, notes + planned.notes, summary=f"left unchanged: {planned.unchanged}")
+    notes.extend(planned.notes)
     means = {}
     if params.bias_correction and ctx.data:
         means = input_means(work, [n for s in slots for n in s.nodes], ctx.data)
     before = after = 0
+    kept: list[str] = []  # labels of the nodes whose weight stays float: their biases stay float too
     for slot in slots:
         done = compress(graph, slot)
+        if done.out is None:
+            before += slot.array.nbytes
+            after += slot.array.nbytes
+            kept.extend(node_label(node) for node in slot.nodes)
+            notes.extend(NodeNote(node_label(node), node.op_type, "kept", done.reason,
+                                  {"elements": int(slot.array.size), **done.figures,
+                                   "bytes_before": int(slot.array.nbytes), "bytes_after": int(slot.array.nbytes)})
+                         for node in slot.nodes)
+            continue
         slot.value.replace_all_uses_with(done.out)
         if slot.name in graph.initializers:
             graph.initializers.pop(slot.name)
@@ -105,7 +131,7 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
         before += slot.array.nbytes
         after += done.nbytes
         notes.extend(NodeNote(node_label(node), node.op_type, verb, done.reason, figures) for node in slot.nodes)
-    biases = store_biases(graph, params.biases, params.op_types, params.exclude, notes, build_int8_bias)
+    biases = store_biases(graph, params.biases, params.op_types, params.exclude + kept, notes, build_int8_bias)
     before, after = before + biases.bytes_before, after + biases.bytes_after
     result = to_proto(graph_model)
     problem = ort_load_error(result)
@@ -117,7 +143,7 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
     summary = (f"{summary_head(len(slots))}: {fmt_bytes(before)} -> {fmt_bytes(after)} "
                f"({before / max(after, 1):.2f}x); {biases.describe()}; {small} small "
                "weights stay float32")
-    for note in (upgrade_note, fold_note):
+    for note in (planned.note, upgrade_note, fold_note):
         if note:
             summary += f"; {note}"
     return PassResult(result, True, notes, summary=summary)
