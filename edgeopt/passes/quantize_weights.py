@@ -295,6 +295,8 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
             if np.all(np.isfinite(half)):  # else |w| > 65504: float16 cannot hold it
                 f["float16"] = half
             for cand in cands[1:]:
+                if cand == "int4_block" and slot.block_shape[slot.block_axis] <= params.block_size:
+                    continue  # one block per channel: the same numbers as int4 per channel
                 f[cand] = encoders[cand](slot, opset)
             forms[slot.name] = f
         prepared = ir.to_proto(graph_model)  # serialization only: the graph stays as it is
