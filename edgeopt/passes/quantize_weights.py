@@ -177,7 +177,8 @@ class QuantizeWeights(Pass):
 
 PROBE_ELEMENTS = 2 ** 19  # input values each single-layer sensitivity run sees (one run per layer and format):
 PROBE_SAMPLES = 8  # a 320x320 page gets 1 sample, a 32x32 digit 8; that bounds the scan on large inputs
-VERIFY_SAMPLES = 8  # samples the end-to-end cosine check sees (an accuracy budget uses all labelled ones)
+VERIFY_ELEMENTS = 2 ** 22  # input values each end-to-end check sees, at least VERIFY_SAMPLES samples (all
+VERIFY_SAMPLES = 8  # 540 digits, both 320x320 pages); an accuracy budget uses every labelled sample
 AUTO_CANDIDATES = ("float16", "int8", "int4_block", "int4")  # int4_block: the granularity: block form
 
 
@@ -203,11 +204,13 @@ def _first(model: onnx.ModelProto, feeds: dict, n: int) -> dict:
     return feeds if n >= total else take(feeds, n)
 
 
-def _probe_samples(feeds: dict) -> int:
+def _samples_within(feeds: dict, elements: int, least: int, most: int | None = None) -> int:
+    """How many samples hold about `elements` input values, within [least, most]."""
     from edgeopt.verify.feeds import sample_count
 
     per_sample = sum(np.size(v) for v in feeds.values()) / max(sample_count(feeds), 1)
-    return int(min(PROBE_SAMPLES, max(1, PROBE_ELEMENTS // max(per_sample, 1))))
+    n = max(least, int(elements // max(per_sample, 1)))
+    return n if most is None else min(most, n)
 
 
 def _label_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -313,13 +316,16 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
                 if built.modified:
                     uniform[cand] = built.model
             costs = _layer_costs(prepared, uniform, slots, params.objective, ctx)
+            for s in slots:  # a layer without a form (int4_block over a short channel) left it float there
+                costs[s.name] = {c: v for c, v in costs[s.name].items() if c == FLOAT or c in forms[s.name]}
         layers = [Layer(s.name, {c: (v.astype(np.float32) if c == "float16" else v.decoded)
                                  for c, v in forms[s.name].items() if c in costs[s.name]},
                         costs[s.name]) for s in slots if FLOAT in costs[s.name]]
         originals = {s.name: s.array for s in slots}
         probe = WeightProbe(prepared, originals)
-        sens = _first(prepared, feeds, _probe_samples(feeds))
-        check = feeds if budget.by_accuracy else _first(prepared, feeds, VERIFY_SAMPLES)
+        sens = _first(prepared, feeds, _samples_within(feeds, PROBE_ELEMENTS, 1, PROBE_SAMPLES))
+        check = feeds if budget.by_accuracy else _first(prepared, feeds,
+                                                        _samples_within(feeds, VERIFY_ELEMENTS, VERIFY_SAMPLES))
         outcome = search(layers, originals, lambda sw: probe.run(sens, sw), lambda sw: probe.run(check, sw), budget)
         chosen.update(outcome.choice)
         extra.update(outcome=outcome, check=check, costs=costs)
