@@ -24,11 +24,12 @@ from edgeopt.report.run_tables import run_tables
               help="Also save every stage's model in this folder.")
 @click.option("--no-measure", is_flag=True, help="Skip the onnxruntime latency measurement.")
 @click.option("--verbose", "-v", is_flag=True, help="Print what each pass did to each node on stderr.")
+@click.option("--wide", is_flag=True, help="Show every column of the stage table, whatever the terminal width.")
 @device_option(multiple=True)
 @input_shape_option
 @format_option
 @quiet_option
-def command(recipe, output, overrides, keep_stages, no_measure, verbose, device, input_shapes, fmt, quiet):
+def command(recipe, output, overrides, keep_stages, no_measure, verbose, wide, device, input_shapes, fmt, quiet):
     """Run RECIPE: apply its passes, verify and profile every stage, write the output model."""
     progress = Progress(quiet)
     parsed = load_recipe(recipe, list(overrides))
@@ -38,11 +39,11 @@ def command(recipe, output, overrides, keep_stages, no_measure, verbose, device,
         doc = run_recipe(parsed, options)
     except CheckFailed as exc:
         if exc.doc is not None:
-            emit(exc.doc, run_tables(exc.doc), fmt)
+            emit(exc.doc, run_tables(exc.doc), fmt, wide=wide)
         raise
     if verbose:
         for stage in doc["stages"][1:]:
             for note in stage.get("notes", []):
                 reason = f": {note['reason']}" if note.get("reason") else ""
                 progress.info(f"  {stage['pass']}: {note['node']} ({note['op_type']}) {note['action']}{reason}")
-    emit(doc, run_tables(doc), fmt)
+    emit(doc, run_tables(doc), fmt, wide=wide)

@@ -45,7 +45,7 @@ def _deltas(doc: dict) -> list[str]:
 
 def _extra_device_columns(doc: dict) -> list[Column]:
     names = list((doc["stages"][0].get("devices") or {}))[1:]
-    return [Column(f"est_latency_ms@{name}", f"{name} ms", fixed(3)) for name in names]
+    return [Column(f"est_latency_ms@{name}", f"{name} est ms", fixed(3), priority=4) for name in names]
 
 
 def run_tables(doc: dict) -> list[Table]:
@@ -60,20 +60,24 @@ def run_tables(doc: dict) -> list[Table]:
     stages = Table(
         title=f"{doc['model']} -> {doc['output']}  (device: {_device_label(doc.get('device'))}, data: {doc.get('data')})",
         columns=[
+            # priority: what goes first on a narrow terminal (0 stays): at 100 columns the figures that
+            # decide a recipe (MACs, weights, the first device's estimate, host time, fidelity) stay whole
             Column("stage", "#"),
             Column("pass", "pass", justify="left"),
             Column("macs", "MACs", count),
-            Column("params_count", "params", count),
+            Column("params_count", "params", count, priority=5),
             Column("weight_bytes", "weights", nbytes),
-            Column("peak_activation_bytes", "peak act.", nbytes),
-            Column("est_latency_ms", f"{first_device} ms" if first_device != "none" else "est. ms", fixed(3)),
-            Column("est_energy_mj", f"{first_device} mJ" if first_device != "none" else "est. mJ", fixed(3)),
+            Column("peak_activation_bytes", "peak act.", nbytes, priority=3),
+            Column("est_latency_ms", f"{first_device} est ms" if first_device != "none" else "est ms", fixed(3),
+                   priority=1),
+            Column("est_energy_mj", f"{first_device} est mJ" if first_device != "none" else "est mJ", fixed(3),
+                   priority=4),
             *extra,
-            Column("measured_latency_ms", "host ms", fixed(3)),
-            Column("cosine", "cosine", fixed(6)),
-            Column("max_abs_error", "max err", lambda v: "-" if v is None else f"{v:.2e}"),
-            Column("top1_agreement", "top-1 agr.", fixed(4)),
-            Column("accuracy", "accuracy", fixed(4)),
+            Column("measured_latency_ms", "host meas ms", fixed(3), priority=2),
+            Column("cosine", "cosine", fixed(6), priority=1),
+            Column("max_abs_error", "max err", lambda v: "-" if v is None else f"{v:.2e}", priority=5),
+            Column("top1_agreement", "top-1 agr.", fixed(4), priority=5),
+            Column("accuracy", "accuracy", fixed(4), priority=1),
         ],
         rows=rows,
         footer=[f"  {s['pass']}: {s['summary']}" for s in doc["stages"][1:] if s.get("summary")] + _deltas(doc),
