@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, helper, param, register
 from edgeopt.quant.calibrate import StaticQuantizer
 from edgeopt.quant.opset import OpsetUpgradeError
@@ -43,6 +44,14 @@ def _random_shapes(shapes: dict[str, list[int]], batch: int) -> dict[str, list[i
     count = max(RANDOM_SAMPLES, batch)
     count -= count % batch
     return {k: [count] + list(v[1:]) if v and v[0] == batch else list(v) for k, v in shapes.items()}
+
+
+def sorted_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's quantizer appends the QDQ nodes of If bodies' outer inputs after their readers
+    (silero VAD): put every graph back in topological order, which the checker requires."""
+    ir_model = to_ir(model)
+    ir_model.graph.sort()
+    return to_proto(ir_model)
 
 
 def _check(model: onnx.ModelProto) -> str | None:
@@ -138,7 +147,7 @@ class QuantizeStatic(Pass):
         with sq:
             def quantize(extra_excluded, only=None):
                 try:
-                    q = sq.quantize(sorted(set(user_excluded) | set(extra_excluded)), only)
+                    q = sorted_graph(sq.quantize(sorted(set(user_excluded) | set(extra_excluded)), only))
                 except Exception as exc:  # onnxruntime's quantizer raises many types
                     return None, f"onnxruntime's quantizer failed: {' '.join(str(exc).split())[:200]}"
                 problem = _check(q)
