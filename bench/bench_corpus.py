@@ -116,6 +116,11 @@ def model_profile(model) -> dict:
     return row
 
 
+def _said(summary: str, limit: int = 110) -> str:
+    text = " ".join(str(summary).split()).replace("|", "/")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _pct(a, b):
     return "-" if not a or b is None else f"{(b - a) / a * 100:+.1f} %"
 
@@ -129,7 +134,11 @@ def write(rows: list[dict], profiles: list[dict], out: Path, argv: list[str]) ->
              f"Machine: {describe()}  ", f"Command: `python bench/bench_corpus.py {' '.join(argv)}`".rstrip() + "  ",
              "Each cell: `edgeopt run` with simplify + fold_batchnorm + the pass at its defaults, on the model's "
              "rendered inputs (`make corpus`); cosine is the output against the input model; host ms is onnxruntime "
-             "at 1 thread, batch of the recipe's first sample; est is the host profile's roofline.", ""]
+             "at 1 thread, batch of the recipe's first sample; est is the host profile's roofline.", "",
+             "ConvTranspose is counted on the input side, N x Cin x prod(input spatial) x Cout/group x "
+             "prod(kernel), here and in the independent count: PP-OCRv4 det's 2x2 stride-2 ConvTranspose "
+             "([1, 24, 160, 160] in, 24 out) is 59.0 M MACs. onnx-tool (bench_profile's cross-check) counts it "
+             "like a Conv over its output, stride^2 = 4x too many (238 M), so it is not the reference here.", ""]
     lines += ["### Models", "",
               "| model | export | coverage | MACs (all) | Conv/ConvT/Gemm/MatMul MACs | same, independent | diff "
               "| est host ms | measured host ms | est / measured | lossless chain: MACs kept, max error |",
@@ -146,19 +155,20 @@ def write(rows: list[dict], profiles: list[dict], out: Path, argv: list[str]) ->
             f"{_num(p['est_host_ms'])} | {_num(p['host_ms'])} | {_num(ratio, '{:.2f}')} | "
             f"{'yes' if p['lossless_macs_kept'] else 'NO'}, {p['lossless_max_error']:.2g} |")
     lines += ["", "### Pass x model", "",
-              "| model | pass | outcome | cosine | weight bytes | MACs | host ms (measured) | host ms (est) |",
-              "|---|---|---|---:|---:|---:|---:|---:|"]
+              "| model | pass | outcome | cosine | weight bytes | MACs | host ms (measured) | host ms (est) | what the pass said |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r["rc"] != 0:
             outcome = {2: "does not apply", 1: "check failed", 3: "FAILED"}.get(r["rc"], "FAILED")
-            lines.append(f"| {r['model']} | {r['pass']} | {outcome} (exit {r['rc']}): {r['message']} |||||")
+            lines.append(f"| {r['model']} | {r['pass']} | {outcome} (exit {r['rc']}): {r['message']} ||||||")
             continue
         wb, macs, ms, est = r["weight_bytes"], r["macs"], r["host_ms"], r["est_host_ms"]
         outcome = "ok" + (" (warning)" if r["warnings"] else "")
         lines.append(
             f"| {r['model']} | {r['pass']} | {outcome} | {_num(r['cosine'], '{:.4f}')} | "
             f"{wb[0] / 1e3:.0f} -> {wb[1] / 1e3:.0f} kB ({_pct(*wb)}) | {_pct(*macs)} | "
-            f"{_num(ms[0])} -> {_num(ms[1])} ({_pct(*ms)}) | {_num(est[0])} -> {_num(est[1])} |")
+            f"{_num(ms[0])} -> {_num(ms[1])} ({_pct(*ms)}) | {_num(est[0])} -> {_num(est[1])} | "
+            f"{_said(r['summary'])} |")
     failed = [r for r in rows if r["rc"] not in (0, 2)] + [p for p in profiles if p["rc"] != 0]
     lines += ["", f"Cells failed: {len(failed)} of {len(rows) + len(profiles)}.", ""]
     out.write_text("\n".join(lines))
