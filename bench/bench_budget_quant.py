@@ -36,7 +36,22 @@ MODELS = [
      [0.999, 0.995, 0.99]),
     ("YOLOv8n", CORPUS / "models" / "320n.onnx", CORPUS / "data" / "yolov8n.npz", [0.999, 0.995, 0.99]),
 ] + [(f"{name}_digits", ROOT / "sample_models" / f"{name}_digits.onnx", ROOT / "sample_models" / "digits_test.npz",
-      [0.0, 0.005, 0.01]) for name in ("mobilenet", "resnet", "vgg")]
+      [0.0, 0.005, 0.01]) for name in ("mobilenet", "resnet", "vgg")] + [
+    ("ResNet-50 (builder, random weights)", ROOT / "build" / "models" / "resnet50.onnx",
+     ROOT / "build" / "bench" / "resnet50_inputs.npz", [0.999, 0.995, 0.99])]
+
+
+def ensure_builder_inputs() -> None:
+    """The builder ResNet-50 (`make models`) and 4 seeded random 224x224 inputs for it: random weights
+    have no classes, so its rows report cosine only."""
+    from edgeopt.zoo.store import ensure_model
+
+    ensure_model("resnet50", ROOT / "build" / "models")
+    path = ROOT / "build" / "bench" / "resnet50_inputs.npz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        np.savez(path, input=rng.standard_normal((4, 3, 224, 224)).astype(np.float32))
 
 
 def load_npz(path: Path):
@@ -138,6 +153,7 @@ def main() -> None:
            "scales, float16 biases); auto chooses per layer among float, float16, int8 per channel, int4 in "
            "blocks of 32 and int4 per channel, minimizing weight bytes.", ""]
     targets = ["## Targets (issue 11)", ""]
+    ensure_builder_inputs()
     for name, path, data, budgets in MODELS:
         if not path.exists() or not data.exists():
             out += [f"### {name}", "", f"skipped: {path.name} or {data.name} missing (run `make corpus`)", ""]
