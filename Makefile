@@ -31,7 +31,7 @@ demo: $(STAMP)
 
 # -n auto: one worker per core; each corpus model's cells stay on one worker (--dist loadgroup)
 test: $(STAMP) corpus
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m 'not slow and not corpus'
