@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 constraints:
 	$(PYTHON) -m venv build/uv && build/uv/bin/pip install --quiet uv
-	build/uv/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.10 \
+	build/uv/bin/uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
 		--custom-compile-command "make constraints" --quiet -o constraints.txt
 
 # Real third-party exports from exact wheel versions (pip download --no-deps), cached under build/corpus;

@@ -56,6 +56,7 @@ class PassContext:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     device: Any = None  # the recipe's first Device; only for parameters that ask (round_to: device)
     seed: int = 0
+    fidelity: Any = None  # the recipe's FidelitySpec (output and metric that budgets look at); None: every output, cosine
 
 
 @dataclass

@@ -28,6 +28,7 @@ from edgeopt.passes import PassContext, get_pass
 from edgeopt.profile import measure_latency, profile_on_devices
 from edgeopt.profile.counting import MAC_OPS
 from edgeopt.recipe.load import Recipe
+from edgeopt.stage_cache import StageCache, arrays_digest, first_key, next_key
 from edgeopt.verify.check import ModelInvalid, check_model
 from edgeopt.verify.fidelity import FidelitySpec, accuracy, compare, output_scale
 from edgeopt.verify.inputs import Inputs, load_data, random_inputs
@@ -54,14 +55,17 @@ class RunOptions:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # override the recipe's
     measure: bool = True
     log: Callable[[str], None] = lambda message: None
+    cache: StageCache | None = None  # pass results by content (tune): a repeated pass prefix is read, not rerun
+    layers: bool = False  # the document carries the last stage's per-layer profile per device (for reports)
 
 
 VERIFY_MACS_BUDGET = 2e9  # random verification batch: about this many MACs per stage (2 to 8 samples)
 MEASURE_SECONDS = 0.5  # latency measurement budget per stage
 
 
-def _profile_record(model: onnx.ModelProto, devices, shapes, feeds=None) -> dict:
-    """The contract figures of one stage: counts on the first device, estimates on each."""
+def _profile_record(model: onnx.ModelProto, devices, shapes, feeds=None, layers: dict | None = None) -> dict:
+    """The contract figures of one stage: counts on the first device, estimates on each.
+    `layers`, when given, receives each device's per-layer rows (keyed by device name, "" for none)."""
     record: dict = {}
     per_device = {}
     targets = devices or [None]
@@ -73,6 +77,8 @@ def _profile_record(model: onnx.ModelProto, devices, shapes, feeds=None) -> dict
                 record[key] = totals.get(key)
             # the MAC invariant compares counts only where every MAC layer was counted exactly
             record["macs_exact"] = all(l["counted"] for l in prof.layers if l["op_type"] in MAC_OPS)
+        if layers is not None:
+            layers[device.name if device is not None else ""] = prof.layers
         if device is not None:
             per_device[device.name] = {"est_latency_ms": totals.get("est_latency_ms"),
                                        "est_energy_mj": totals.get("est_energy_mj")}
@@ -179,7 +185,9 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     if fixed:
         model = _fix_dims(model, fixed, {k: shapes[k] for k in overrides})
     record = {"stage": 0, "pass": "input", "params": {}}
-    record.update(_profile_record(model, devices, shapes, data.feeds if data else None))
+    last_layers: dict = {}  # the latest stage's per-layer rows, kept with options.layers
+    record.update(_profile_record(model, devices, shapes, data.feeds if data else None,
+                                  last_layers if options.layers else None))
     if data:
         inputs = data
     else:
@@ -207,13 +215,24 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     gc.collect()
     ctx = PassContext(data=calibration.feeds if calibration else None,
                       labels=calibration.labels if calibration else None,
-                      input_shapes=shapes, device=devices[0] if devices else None, seed=recipe.seed)
+                      input_shapes=shapes, device=devices[0] if devices else None, seed=recipe.seed,
+                      fidelity=recipe.fidelity)
+    key = None
+    if options.cache is not None:
+        key = first_key(prev_model, {"shapes": shapes, "seed": recipe.seed,
+                                     "device": devices[0].name if devices else None,
+                                     "fidelity": [recipe.fidelity.output, recipe.fidelity.metric],
+                                     "calibration": arrays_digest(ctx.data, ctx.labels).hex()})
     for spec in recipe.passes:
         cls = get_pass(spec.name)
         label = f"pass {spec.name} (passes[{spec.index}])"
         started = time.perf_counter()
+        cached = None
+        if key is not None:
+            key = next_key(key, spec.name, spec.raw_params)
+            cached = options.cache.get(key)
         try:
-            result = cls().apply(prev_model, spec.params, ctx)
+            result = cached or cls().apply(prev_model, spec.params, ctx)
         except Exception as exc:  # a pass must skip what it cannot handle; reaching here is a bug
             if os.environ.get("EDGEOPT_DEBUG"):
                 raise
@@ -222,6 +241,8 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
                 "nothing was written. This is a bug in edgeopt: please report it with the model "
                 "(EDGEOPT_DEBUG=1 shows the traceback), and leave the pass out meanwhile") from None
         seconds = time.perf_counter() - started
+        if key is not None and cached is None:
+            options.cache.put(key, result)
         prev_model = None  # the pass's input is not needed any more: free it before onnxruntime loads the result
         # A pass's onnx_ir graph is full of reference cycles (nodes <-> values) that hold the old
         # model's tensors until the cyclic collector runs: collect now, not after the next 300 MB.
@@ -239,7 +260,9 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
                     f"{label} is lossless but its outputs diverged: max abs error "
                     f"{fid['all_max_abs_error']:.3g} > {limit:.3g} ({tolerance:g} of the output scale)")
         record = {"stage": len(records), "pass": spec.name, "params": spec.raw_params}
-        record.update(_profile_record(result.model, devices, shapes, inputs.feeds))
+        last_layers = {}
+        record.update(_profile_record(result.model, devices, shapes, inputs.feeds,
+                                      last_layers if options.layers else None))
         warnings = []
         if cls.lossless:
             error, warning = lossless_macs_problem(label, records[-1], record, result.folded_macs)
@@ -257,6 +280,8 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         record["fidelity"] = fid
         record["summary"] = result.summary
         record["seconds"] = round(seconds, 3)
+        if key is not None:
+            record["cached"] = cached is not None
         record["notes"] = [note.as_dict() for note in result.notes]
         records.append(record)
         prev_model, prev_outputs = result.model, outputs
@@ -276,6 +301,8 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         "stages": records,
         "checks": checks,
     }
+    if options.layers:
+        doc["layers"] = last_layers  # {device name: per-layer rows of the last stage}
     if not doc["ok"]:
         failed = [c for c in checks if not c["ok"]]
         raise CheckFailed("; ".join(describe_failure(c) for c in failed) + "; nothing was written", doc)

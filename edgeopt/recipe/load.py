@@ -16,7 +16,7 @@ from edgeopt.recipe.values import ValueProblem, build_params, coerce, did_you_me
 from edgeopt.verify.fidelity import METRICS, FidelitySpec
 
 TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "calibration_data", "fidelity", "passes",
-                  "checks", "seed")
+                  "checks", "seed", "search")  # search: read by `edgeopt tune` (edgeopt/tune); `run` ignores it
 
 
 @dataclass
