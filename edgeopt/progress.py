@@ -56,3 +56,12 @@ def steps(label: str, total: int | None) -> Iterator[Callable[..., None]]:
         if _depth == 0:
             live.stop()
             _live = None
+
+
+def tracked(items, label: str):
+    """Iterate `items` with a bar (`for slot in tracked(slots, "quantizing weights"):`)."""
+    items = list(items)
+    with steps(label, len(items)) as advance:
+        for item in items:
+            yield item
+            advance()

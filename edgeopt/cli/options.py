@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from edgeopt import progress
 from edgeopt.errors import UserError
 from edgeopt.graph.shapes import parse_shape_spec
 from edgeopt.report import FORMATS
@@ -46,8 +47,14 @@ def input_shape_option(func):
     )(func)
 
 
+def _quiet(ctx, param, value: bool) -> bool:
+    progress.enable(not value)  # progress bars in libraries (edgeopt.progress) follow --quiet too
+    return value
+
+
 def quiet_option(func):
-    return click.option("--quiet", "-q", is_flag=True, help="No progress or warnings on stderr.")(func)
+    return click.option("--quiet", "-q", is_flag=True, callback=_quiet,
+                        help="No progress bars or warnings on stderr.")(func)
 
 
 class Progress:

@@ -19,6 +19,7 @@ from edgeopt.factorize.search import choose_size
 from edgeopt.factorize.target import SizePlan, layer_options, plan_sizes
 from edgeopt.graph.edit import add_initializer, to_ir, to_proto
 from edgeopt.pass_types import NodeNote, PassContext, PassResult, param
+from edgeopt.progress import tracked
 from edgeopt.prune.macs import total_macs
 
 BN_WARNING = ("a BatchNormalization follows: run fold_batchnorm before this pass so the error "
@@ -131,7 +132,7 @@ def run_split(model: onnx.ModelProto, params: Any, requested: int | None, ctx: P
         plan, planned = _plan_target(layers, reference, params, model_macs, splitter)
     namer = Namer(graph)
     done, macs_before, macs_after, bn_layers = 0, 0, 0, 0
-    for index, layer in enumerate(layers):
+    for index, layer in tracked(enumerate(layers), "fitting splits"):
         if plan is not None and index not in plan.sizes:
             why = ("not needed to meet target_macs: cheaper errors per MAC saved met it" if index in planned
                    else "no size within max_error and min_macs_saving to offer target_macs")
@@ -201,7 +202,7 @@ def _plan_target(layers: list[ConvLayer], reference: dict, params: Any, model_ma
     and the layers that had any size to offer."""
     needed = math.ceil(model_macs * (1 - params.target_macs) - 1e-9)
     options = []
-    for index, layer in enumerate(layers):
+    for index, layer in tracked(enumerate(layers), "measuring split errors"):
         before = layer.macs()
         if before is None:
             continue
