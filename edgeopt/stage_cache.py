@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from edgeopt.errors import UserError
-from edgeopt.graph.io import read_model, save_model
+from edgeopt.graph.io import model_digest, read_model, save_model
 from edgeopt.pass_types import NodeNote, PassResult
 
 
@@ -49,8 +49,7 @@ def arrays_digest(arrays: dict[str, np.ndarray] | None, labels: np.ndarray | Non
 
 def first_key(model: onnx.ModelProto, context: dict) -> str:
     """The key of the input stage: the model after its dims were fixed, plus what every pass sees."""
-    return _digest(model.SerializeToString(deterministic=True), json.dumps(context, sort_keys=True,
-                                                                           default=str).encode())
+    return _digest(model_digest(model).encode(), json.dumps(context, sort_keys=True, default=str).encode())
 
 
 def next_key(prev: str, pass_name: str, raw_params: dict) -> str:

@@ -224,11 +224,37 @@ def test_make_session_over_the_limit_loads_from_external_data(monkeypatch):
     monkeypatch.setattr(io, "INLINE_LIMIT", 12000)
     written = []
     real_save = io.save_model
-    monkeypatch.setattr("edgeopt.verify.runtime.save_model",
+    monkeypatch.setattr("edgeopt.graph.session.save_model",
                         lambda m, p, **kw: (written.append(Path(p)), real_save(m, p, **kw)))
     got = make_session(model, threads=1).run(None, {"x": x})[0]
     assert len(written) == 1 and not written[0].parent.exists()  # the temporary folder is gone
     np.testing.assert_array_equal(got, want)
+
+
+def test_shape_runs_and_digests_work_over_the_limit(monkeypatch):
+    """The shape layer's onnxruntime run and the stage cache's digest take models past 2 GiB (here a
+    lowered limit): they cannot be serialized whole."""
+    from edgeopt.graph.io import model_digest
+    from edgeopt.graph.shapes.run import run_values
+
+    model = _mlp()
+    small = model_digest(model)
+    monkeypatch.setattr(io, "INLINE_LIMIT", 12000)
+    assert io.needs_external_data(model)
+    x = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
+    values = run_values(model, {"x": [3, 16]}, ["h"], {"x": x})
+    np.testing.assert_allclose(values["h"], x @ numpy_helper.to_array(model.graph.initializer[0]), rtol=1e-5, atol=1e-5)
+    big = model_digest(model)
+    assert big == model_digest(model) and len(big) == 64
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    weight = changed.graph.initializer[0]
+    array = numpy_helper.to_array(weight).copy()
+    array.flat[0] += 1
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    assert model_digest(changed) != big
+    monkeypatch.setattr(io, "INLINE_LIMIT", 2**31 - 2**28)
+    assert model_digest(model) == small
 
 
 # --- file modes and atomic writes ------------------------------------------------------------------

@@ -7,13 +7,14 @@ had external data or when inline it would pass protobuf's 2 GiB message limit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 import onnx
-from google.protobuf.message import DecodeError, EncodeError
+from google.protobuf.message import DecodeError
 from onnx import external_data_helper, helper, numpy_helper
 
 from edgeopt.errors import UserError
@@ -223,6 +224,32 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         if head is not None:
             head.discard()
         raise
+
+
+class _HashingHandle:
+    """A write-only 'file' that hashes what is written (for model_digest)."""
+
+    def __init__(self):
+        self.hash = hashlib.sha256()
+        self.position = 0
+
+    def write(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.position += len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+
+def model_digest(model: onnx.ModelProto) -> str:
+    """sha256 of the model's content, for models of any size (protobuf cannot serialize 2 GiB or more:
+    those hash their tensor data as save_model would stream it, plus the small rest)."""
+    if not needs_external_data(model):
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    handle = _HashingHandle()
+    shell = onnx.ModelProto()
+    _copy_placing(model, shell, _DataWriter(handle, "digest"))
+    return hashlib.sha256(handle.hash.digest() + shell.SerializeToString(deterministic=True)).hexdigest()
 
 
 class _DataWriter:

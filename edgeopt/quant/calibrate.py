@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from edgeopt.graph.io import save_model
 from edgeopt.verify.feeds import sample_count, take
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -83,7 +84,7 @@ class StaticQuantizer:
         # A path, not the ModelProto: onnxruntime's in-memory route reloads external data from a
         # temporary folder it has already removed.
         self.model_path = Path(self._tmp.name) / "float.onnx"
-        onnx.save(model, str(self.model_path))
+        save_model(model, self.model_path, sync=False)  # external data past 2 GiB
 
     def close(self):
         self._tmp.cleanup()

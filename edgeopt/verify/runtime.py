@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgeopt.graph.io import needs_external_data, save_model
+from edgeopt.graph.session import open_session
 from edgeopt.graph.shapes import batch_axes, graph_inputs, output_batch_axes
 from edgeopt.verify.feeds import concat_samples, sample_count, take
 
@@ -29,15 +27,7 @@ def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.Infe
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not needs_external_data(model):
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    # Over 2 GiB the model cannot be serialized: write it with external data to a temporary folder and
-    # load from the path. Measured on 3 GiB of MatMul weights, this peaks 4.1 GB above the model;
-    # add_external_initializers (numpy copies that onnxruntime copies again) peaks 7.3 GB above it.
-    with tempfile.TemporaryDirectory(prefix="edgeopt-session-") as folder:
-        path = os.path.join(folder, "model.onnx")
-        save_model(model, path, external_data=True, sync=False)
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return open_session(model, options)
 
 
 def ort_message(exc: Exception) -> str:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from edgeopt.graph.session import open_session
 from edgeopt.graph.shapes.fix import clear_shapes
 from edgeopt.graph.shapes.inputs import graph_inputs
 from edgeopt.graph.shapes.light import set_dims
@@ -40,7 +41,7 @@ def run_values(model: onnx.ModelProto, input_shapes: dict[str, list[int]], names
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every value
     options.intra_op_num_threads = 1
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = open_session(probe, options)
         run_names = [o.name for o in session.get_outputs()]
         results = session.run(run_names, _feeds(model, input_shapes, feeds))
     except Exception:  # noqa: BLE001 - onnxruntime raises its own types; the shapes stay unknown
