@@ -217,3 +217,16 @@ def test_a_wrong_fold_by_onnxsim_falls_back_to_simplifying_without_folding(monke
     assert "computes something else on a probe input" in result.notes[0].reason
     assert ops(result.model)["Transpose"] == 1  # the weight transpose was not folded this time
     assert_same(model, result.model, x_feed(2))
+
+
+def test_native_stderr_is_captured_not_printed(capfd):
+    """onnxsim's C++ writes warnings to descriptor 2; simplify keeps them for its notes instead."""
+    import os
+
+    from edgeopt.native_stderr import captured_stderr
+
+    with captured_stderr() as lines:
+        os.write(2, b"WARNING: failed to run \"Unsqueeze\" op\n\n")
+    os.write(2, b"after\n")
+    assert lines == ['WARNING: failed to run "Unsqueeze" op']
+    assert capfd.readouterr().err == "after\n"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import onnx
 
 from edgeopt.graph.weights_aside import put_weights_back, set_weights_aside
+from edgeopt.native_stderr import captured_stderr
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 
 ONNXSIM_META = "onnxsim."
@@ -47,7 +48,8 @@ class Simplify(Pass):
         light, aside = set_weights_aside(model, min_elements=ASIDE_MIN_ELEMENTS if not params.fuse_batchnorm
                                          else 2**62)
         notes = []
-        simplified, problem = _onnxsim(light, params, fold=params.fold_constants)
+        said: list[str] = []  # onnxsim's own warnings, kept out of the terminal
+        simplified, problem = _onnxsim(light, params, fold=params.fold_constants, said=said)
         if simplified is not None and _signature(simplified) == _signature(light) and not aside.lifted_constants:
             return PassResult(model, False, [], f"nothing to simplify ({len(model.graph.node)} nodes)")
         if simplified is not None:
@@ -57,11 +59,12 @@ class Simplify(Pass):
             # (PP-OCRv4 rec: a Shape folded to width 39 where it is 40); its other rewrites are sound.
             notes.append(NodeNote("(model)", "", "skipped", f"onnxsim's constant folding {problem}; "
                                   "simplified without constant folding"))
-            simplified, problem = _onnxsim(light, params, fold=False)
+            simplified, problem = _onnxsim(light, params, fold=False, said=said)
             if simplified is not None:
                 problem = _broken(model, light, simplified, aside, ctx)
         if problem:
             notes.append(NodeNote("(model)", "", "skipped", f"onnxsim {problem}; model left unchanged"))
+            notes += [NodeNote("(model)", "", "onnxsim said", line[:300]) for line in said[:20]]
             return PassResult(model, False, notes, "onnxsim failed; model unchanged")
         put_weights_back(simplified, aside)
         _strip_onnxsim_metadata(simplified, model)
@@ -70,6 +73,7 @@ class Simplify(Pass):
         before = Counter(n.op_type for n in model.graph.node)
         after = Counter(n.op_type for n in simplified.graph.node)
         notes += _notes(model, simplified)
+        notes += [NodeNote("(model)", "", "onnxsim said", line[:300]) for line in said[:20]]
         gone = before - after
         summary = f"{sum(before.values())} -> {sum(after.values())} nodes"
         if gone:
@@ -85,22 +89,28 @@ class Simplify(Pass):
         return PassResult(simplified, True, notes, summary, folded_macs=removed)
 
 
-def _onnxsim(light: onnx.ModelProto, params: Params, fold: bool) -> tuple[onnx.ModelProto | None, str | None]:
-    """onnxsim's result, or None and why it failed (it raises RuntimeError, ValueError, its own types)."""
+def _onnxsim(light: onnx.ModelProto, params: Params, fold: bool,
+             said: list[str]) -> tuple[onnx.ModelProto | None, str | None]:
+    """onnxsim's result, or None and why it failed (it raises RuntimeError, ValueError, its own types).
+    What its C++ prints on stderr ("WARNING: failed to run Unsqueeze ...") goes to `said`, for the notes."""
     import onnxsim
 
+    lines: list[str] = []
     try:
-        simplified, _ = onnxsim.simplify(
-            light,
-            check_n=0,
-            perform_optimization=params.optimize,
-            skip_fuse_bn=not params.fuse_batchnorm,
-            skipped_optimizers=list(params.skip_optimizers) or None,
-            skip_constant_folding=not fold,
-            certify=False,
-        )
+        with captured_stderr() as lines:
+            simplified, _ = onnxsim.simplify(
+                light,
+                check_n=0,
+                perform_optimization=params.optimize,
+                skip_fuse_bn=not params.fuse_batchnorm,
+                skipped_optimizers=list(params.skip_optimizers) or None,
+                skip_constant_folding=not fold,
+                certify=False,
+            )
     except Exception as exc:  # never crash the run
         return None, "failed: " + (" ".join(str(exc).split())[:300] or type(exc).__name__)
+    finally:
+        said.extend(line for line in lines if line not in said)
     return simplified, None
 
 
