@@ -98,3 +98,34 @@ def document(title: str, header: str, sections: list[str], footer: str, kind: st
             f'<body data-kind="{esc(kind)}"><main>\n<header>{header}</header>\n'
             + "\n".join(sections)
             + f"\n<footer>{footer}</footer></main></body></html>\n")
+
+
+_MISSING = object()
+
+
+def resolve_key(doc: Any, key: str) -> Any:
+    """The value a `data-key` names: dot-separated mapping keys and list indices; a mapping key that
+    itself holds dots (a device file name) is matched whole first. KeyError when there is none."""
+    parts = key.split(".")
+
+    def walk(node, i):
+        if i == len(parts):
+            return node
+        if isinstance(node, list):
+            try:
+                return walk(node[int(parts[i])], i + 1)
+            except (ValueError, IndexError):
+                return _MISSING
+        if isinstance(node, dict):
+            for j in range(len(parts), i, -1):  # longest key first
+                name = ".".join(parts[i:j])
+                if name in node:
+                    found = walk(node[name], j)
+                    if found is not _MISSING:
+                        return found
+        return _MISSING
+
+    value = walk(doc, 0)
+    if value is _MISSING:
+        raise KeyError(key)
+    return value

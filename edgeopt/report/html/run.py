@@ -20,7 +20,10 @@ def device_names(doc: dict) -> list[str]:
 
 
 def _ms(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """Four significant digits: a tiny model's 0.003 ms and a large one's 850 ms both read whole."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
 def _params(params: dict) -> str:
