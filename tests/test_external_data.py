@@ -405,3 +405,12 @@ def test_a_model_over_2_gib_through_simplify_quantize_weights_and_profile(tmp_pa
         for big in tmp_path.rglob("*.data"):  # pytest keeps the last runs' folders: not 5 GB of them
             big.unlink()
     print(f"over-2-GiB chain: {time.perf_counter() - started:.1f} s")
+
+
+def test_an_inline_output_removes_a_stale_data_file(tmp_path):
+    path = tmp_path / "out.onnx"
+    save_model(_mlp(), path, external_data=True)
+    assert data_file_path(path).exists()
+    save_model(_mlp(seed=1), path)
+    assert not data_file_path(path).exists()
+    assert not [t for t in load_model(path).graph.initializer if t.data_location == TensorProto.EXTERNAL]

@@ -207,6 +207,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     path.parent.mkdir(parents=True, exist_ok=True)
     if not (external_data or needs_external_data(model)):
         write_atomic(path, model.SerializeToString(deterministic=True))
+        # an earlier external-data output of the same name would sit beside it, stale and misleading
+        data_file_path(path).unlink(missing_ok=True)
         return
     data_path = data_file_path(path)
     data = _TempFile(data_path, sync)
