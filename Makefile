@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CORPUS := build/corpus
 
-.PHONY: demo test test-fast corpus constraints models sample-models bench clean
+.PHONY: demo test test-fast test-browser corpus constraints models sample-models bench clean
 
 # The venv installs exact versions from constraints.txt (pyproject keeps the ranges), so a new onnx or
 # onnxruntime release cannot turn CI red overnight. `make constraints` refreshes it on purpose.
@@ -35,6 +35,13 @@ test: $(STAMP) corpus
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m 'not slow and not corpus'
+
+# The HTML report in a real browser: Debian's chromium (installed here when missing; needs root) driven by
+# playwright (the `browser` extra). Screenshots and DOMs land in build/browser/. Kept out of `make test`.
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+	$(BIN)/python -c 'import playwright' 2>/dev/null || $(BIN)/pip install --quiet -c constraints.txt -e '.[browser]'
+	$(BIN)/python -m pytest -q browser_tests
 
 # ImageNet-shape models with random weights (not committed): build/models/*.onnx
 models: $(STAMP)

@@ -17,7 +17,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (after the backend is chosen)
-from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from edgeopt.report.html.style import (CLASS_COLORS, CLASS_LABELS, DEVICE_COLORS, GRID, INK, MUTED,  # noqa: E402
                                        OP_CLASSES)
@@ -120,9 +119,9 @@ def stage_bars(doc: dict, devices: list[str], chart_id: str = "chart-stages") ->
             for yi, value in zip(y, values):
                 ax.text((value or 0) + top * 0.03, yi, fmt(value), va="center", ha="left", fontsize=8, color=INK)
             ax.set_title(safe(title))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p, f=fmt: "0" if v == 0 else f(v)))
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
-            ax.grid(axis="y", visible=False)
+            ax.set_xticks([])  # every bar carries its value
+            ax.spines["bottom"].set_visible(False)
+            ax.grid(visible=False)
             ax.tick_params(axis="y", length=0)
             ax.set_yticks(y, labels)
             ax.invert_yaxis() if k == 0 else None

@@ -98,7 +98,7 @@ def roofline_chart(device: Device, pts: list[Point], device_roofs: list[Roof], t
     xmin, xmax = min(xs) / 3, max(xs) * 3
     ymin, ymax = min(ys) / 4, max(ys) * 3
     with chart_style(chart_id):
-        fig = new_figure(5.6, 3.8)
+        fig = new_figure(6.2, 3.9)
         ax = fig.subplots()
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -112,8 +112,9 @@ def roofline_chart(device: Device, pts: list[Point], device_roofs: list[Roof], t
             ridge.set_gid(f"ridge-{roof.precision}")
             ax.annotate(f"{roof.precision} peak {peak:g} GOPS", (xmax, peak), xytext=(-4, 4),
                         textcoords="offset points", ha="right", va="bottom", fontsize=8, color=INK)
-            ax.annotate(f"ridge {roof.ridge:.3g} ops/B", (roof.ridge, ymin), xytext=(4, 4 + 12 * k),
-                        textcoords="offset points", ha="left", va="bottom", fontsize=8, color=MUTED)
+            ax.annotate(f"ridge {roof.ridge:.3g} ops/B" + (f" ({roof.precision})" if len(device_roofs) > 1 else ""),
+                        (roof.ridge, ymin), xytext=(-3, 4), textcoords="offset points", rotation=90,
+                        ha="right", va="bottom", fontsize=8, color=MUTED)
         for cls in OP_CLASSES:
             mine = [p for p in pts if p.op_class == cls]
             if mine:
@@ -121,8 +122,10 @@ def roofline_chart(device: Device, pts: list[Point], device_roofs: list[Roof], t
                            edgecolor="white", linewidth=0.6, zorder=4, gid=f"points-{cls}")
         ax.set_xlim(xmin, xmax)
         ax.set_ylim(ymin, ymax)
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_locator(LogLocator(base=10, numticks=12))
+        for axis, (lo, hi) in ((ax.xaxis, (xmin, xmax)), (ax.yaxis, (ymin, ymax))):
+            # under two decades a tick per decade is too few: 1, 2, 5 of each
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if hi / lo > 100 else (1.0, 2.0, 5.0),
+                                              numticks=12))
             axis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
             axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("arithmetic intensity (ops per byte)")

@@ -96,7 +96,7 @@ def _checks_table(doc: dict) -> str:
         return cell
 
     cols = [Col("check", lambda c, i: text_cell(c.get("name")), numeric=False),
-            Col("limit", value_cell("limit")), Col("value", value_cell("value")), Col("result", ok_cell)]
+            Col("limit", value_cell("limit")), Col("value", value_cell("value")), Col("result", ok_cell, numeric=False)]
     return table(cols, doc["checks"], id_="checks-table")
 
 

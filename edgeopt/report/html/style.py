@@ -56,6 +56,7 @@ th { font-size: 12px; color: var(--muted); font-weight: 600; background: #fafbfc
 td.num, th.num { text-align: right; }
 td.num { white-space: nowrap; }
 tbody tr:nth-child(even) { background: #fafbfc; }
+#checks-table, #baseline-table { width: auto; min-width: 420px; }
 tr.chosen td { background: #fff7e6; }
 td .params { display: block; color: var(--muted); font-size: 12px; max-width: 260px; }
 td.passcell { min-width: 170px; }
