@@ -144,7 +144,9 @@ class QuantizeWeights(Pass):
                             "the profiler's per-layer estimates on the recipe's first device (an fp16 device "
                             "gains nothing from int8 compute it does not have)")
         min_cosine: float = param(
-            0.99, "bits auto: least cosine of the outputs against the pass's input, on the calibration data "
+            0.99, "bits auto: least cosine of the outputs (the recipe's fidelity output; with its metric top1 "
+                  "the top-1 agreement, with max_abs 1 - max abs error / output scale) against the pass's "
+                  "input, on the calibration data "
                   "(seeded random inputs without data)", gt=0, le=1)
         max_accuracy_drop: float | None = param(
             None, "bits auto with labelled data: the budget is this top-1 accuracy drop (0.005 = half a point) "
@@ -245,7 +247,7 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
     from edgeopt.quant.decode import float_const
     from edgeopt.quant.mixed import FLOAT, Budget, Layer, search
     from edgeopt.quant.probe import WeightProbe
-    from edgeopt.verify.fidelity import accuracy, compare
+    from edgeopt.verify.budget import where
     from edgeopt.verify.runtime import make_session, run_batched
 
     def unchanged(reason: str) -> PassResult:
@@ -259,7 +261,8 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
         return unchanged(f"no calibration data and no input shapes for random inputs ({exc})")
     by_accuracy = params.max_accuracy_drop is not None and ctx.labels is not None and ctx.data is not None
     budget = Budget(params.min_cosine, params.max_accuracy_drop if by_accuracy else None,
-                    ctx.labels if by_accuracy else None)
+                    ctx.labels if by_accuracy else None, ctx.fidelity, [o.name for o in model.graph.output])
+    on = where(ctx.fidelity)
     # int4 in blocks of block_size along the reduction axis: on PP-OCRv4 det's 384x384 1x1 convs, 35 to
     # 340 times less output error than int4 per channel, for 1/8 more bytes (float32 scales)
     variants = {"int8": (params, 8), "int4": (params, 4),
@@ -340,13 +343,12 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
         obj_before = sum(costs[n][FLOAT] for n in outcome.choice)
         obj_after = sum(costs[n][c] for n, c in outcome.choice.items())
         fid = outcome.fidelity
-        measured = (f"accuracy drop {fid['accuracy_drop'] * 100:.2f} points" if budget.by_accuracy
-                    else f"cosine {fid['cosine']:.5f}")
-        note = (f"{measured} on {sample_count_of(check)} samples of {source}; {params.objective} "
+        measured = budget.shared().figure(fid, outcome.reference_accuracy)
+        note = (f"{measured} ({on}) on {sample_count_of(check)} samples of {source}; {params.objective} "
                 f"{obj_before:.4g} -> {obj_after:.4g} over these layers; {outcome.moves_taken} of "
                 f"{outcome.moves_total} moves kept after {outcome.verifications} end-to-end checks; "
                 f"{probe.runs} probe runs" + ("" if "int4" in cands else f"; no int4: the model stays at opset {opset}"))
-        extra.update(note=note, counts=counts)
+        extra.update(note=note, counts=counts, fidelity=fid)
         if not outcome.moves_total:
             where = f" on {ctx.device.name}" if params.objective != "weight_bytes" else ""
             return Plan(unchanged=f"no format lowers {params.objective}{where} below float's for any layer "
@@ -382,18 +384,19 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
         return result
     # the model written, end to end against the pass's input (the search measured decoded weights)
     check = extra["check"]
-    ref = run_batched(make_session(model), model, check)
-    out = run_batched(make_session(result.model), result.model, check)
-    cos = compare(ref, out)["cosine"]
-    if budget.by_accuracy:
-        drop = accuracy(ref, budget.labels) - accuracy(out, budget.labels)
-        ok, got = drop <= budget.max_accuracy_drop + 1e-12, f"accuracy drop {drop * 100:.2f} points"
-    else:
-        ok, got = cos is not None and cos >= budget.min_cosine, f"cosine {cos}"
-    if not ok:
+    meter = budget.meter(run_batched(make_session(model), model, check))
+    written = meter(run_batched(make_session(result.model), result.model, check))
+    got = budget.shared().figure(written, meter.baseline_accuracy)
+    if not budget.shared().met(written, meter.baseline_accuracy):
         return unchanged(f"the mixed model measures {got}, outside {budget.describe()} (the search's decoded "
                          "weights held it): nothing written")
-    result.summary += f"; written model: cosine {cos:.5f}"
+    result.summary += f"; written model: {got} (budget measured on {on})"
+    result.notes.append(NodeNote("(model)", "-", "measured", f"bits: auto budget on {on}", {
+        "fidelity_on": {"output": budget.spec.output if budget.spec else None,
+                        "metric": budget.spec.metric if budget.spec else "cosine"},
+        "budget": budget.describe(), "search": extra.get("fidelity"),
+        "written": {k: written.get(k) for k in ("score", "cosine", "top1_agreement", "max_abs_error", "accuracy")},
+        "baseline_accuracy": meter.baseline_accuracy}))
     return result
 
 

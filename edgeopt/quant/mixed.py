@@ -2,7 +2,8 @@
 
 1. Sensitivity: each layer alone in each candidate format (the rest float), one
    probe run each (quant/probe.py: one session, weights fed as inputs); the loss
-   is 1 - cosine of the outputs against the float outputs on a few samples.
+   is 1 - cosine of the budget's output (the recipe's fidelity output; all outputs without one) against
+   the float outputs on a few samples.
    float16's loss is below what a few samples resolve (2^-11 relative rounding):
    it is int8's measured loss scaled by the ratio of their weight error energies.
 2. Per layer, the moves float -> ... -> cheapest form along the lower convex hull
@@ -15,7 +16,9 @@
 4. Fill: the move that broke the budget is dropped with its layer's later
    moves, and the following moves that the budget left over allows are tried
    the same way, until a try adds nothing or the checks run out.
-Every assignment returned was measured end to end within the budget.
+Every assignment returned was measured end to end within the budget, on the recipe's fidelity output with
+its metric (edgeopt/verify/budget.py: min_cosine bounds the cosine, the top-1 agreement per position, or
+1 - max abs error / scale).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgeopt.verify.fidelity import accuracy
+from edgeopt.progress import steps
+from edgeopt.verify.budget import FidelityBudget, Meter, spec_or_default
+from edgeopt.verify.fidelity import FidelitySpec
 
 FLOAT = "float"
 CANDIDATES = ("float", "float16", "int8", "int4_block", "int4")  # in falling bytes
@@ -59,20 +64,33 @@ class Move:
 
 @dataclass
 class Budget:
-    """min_cosine of the outputs, or (labels given) max_accuracy_drop on them."""
+    """min_cosine of the outputs, or (labels given) max_accuracy_drop on them; measured on the recipe's
+    fidelity output and metric (spec, with the model's output `names`; edgeopt/verify/budget.py)."""
 
     min_cosine: float
     max_accuracy_drop: float | None = None
     labels: np.ndarray | None = None
+    spec: FidelitySpec | None = None
+    names: list[str] | None = None
 
     @property
     def by_accuracy(self) -> bool:
         return self.max_accuracy_drop is not None and self.labels is not None
 
+    @property
+    def by_cosine(self) -> bool:
+        """min_cosine bounds the cosine itself (not top-1 or max abs): single-layer losses add up to it."""
+        return not self.by_accuracy and spec_or_default(self.spec).metric == "cosine"
+
+    def shared(self) -> FidelityBudget:
+        return FidelityBudget(None if self.by_accuracy else self.min_cosine,
+                              self.max_accuracy_drop if self.by_accuracy else None, self.spec)
+
+    def meter(self, reference: list[np.ndarray]) -> Meter:
+        return Meter(reference, self.names, self.spec, self.labels if self.by_accuracy else None)
+
     def describe(self) -> str:
-        if self.by_accuracy:
-            return f"accuracy drop <= {self.max_accuracy_drop:g}"
-        return f"cosine >= {self.min_cosine:g}"
+        return self.shared().describe()
 
 
 @dataclass
@@ -150,33 +168,41 @@ class Cosine:
 
 
 def measure(layers: list[Layer], originals: dict[str, np.ndarray], probe_run: Callable[[dict], list],
-            limit: float | None = None) -> None:
+            limit: float | None = None, focus: Callable[[list], list] = lambda outputs: outputs) -> None:
     """Fill each layer's loss per candidate: integer formats measured alone (widest first), float16 scaled
-    from int8. A layer whose wider format alone already costs more than `limit` (the whole budget) is not
-    measured in narrower ones: no search could take them."""
-    cosine = Cosine(probe_run({}))
+    from int8. The loss is 1 - cosine of the budget's output (`focus` picks it from all outputs). A layer
+    whose wider format alone already costs more than `limit` (the whole budget) is not measured in
+    narrower ones: no search could take them."""
+    cosine = Cosine(focus(probe_run({})))
 
     def loss(name: str, decoded: np.ndarray) -> float:
-        return 1.0 - cosine(probe_run({name: decoded}))
+        return 1.0 - cosine(focus(probe_run({name: decoded})))
 
-    for layer in layers:
-        layer.loss[FLOAT] = 0.0
-        layer.measured[FLOAT] = True
-        for cand in [c for c in layer.decoded if c != "float16"]:
-            if limit is not None and any(v > limit for v in layer.loss.values()):
-                del layer.decoded[cand]  # a narrower form of an over-budget layer
-                layer.out_of_reach.append(cand)
-                continue
-            layer.loss[cand], layer.measured[cand] = loss(layer.name, layer.decoded[cand]), True
-        if "float16" in layer.decoded:
-            w = originals[layer.name]
-            e16 = weight_error_energy(w, layer.decoded["float16"])
-            e8 = weight_error_energy(w, layer.decoded["int8"]) if "int8" in layer.loss else 0.0
-            if e8 > 0:
-                layer.loss["float16"] = max(layer.loss["int8"], 0.0) * e16 / e8
-                layer.measured["float16"] = False
-            else:  # nothing to scale from: run it
-                layer.loss["float16"], layer.measured["float16"] = loss(layer.name, layer.decoded["float16"]), True
+    with steps("bits auto: layer sensitivity", len(layers)) as advance:
+        for layer in layers:
+            _measure_layer(layer, originals, loss, limit)
+            advance()
+
+
+def _measure_layer(layer: Layer, originals: dict[str, np.ndarray], loss: Callable[[str, np.ndarray], float],
+                   limit: float | None) -> None:
+    layer.loss[FLOAT] = 0.0
+    layer.measured[FLOAT] = True
+    for cand in [c for c in layer.decoded if c != "float16"]:
+        if limit is not None and any(v > limit for v in layer.loss.values()):
+            del layer.decoded[cand]  # a narrower form of an over-budget layer
+            layer.out_of_reach.append(cand)
+            continue
+        layer.loss[cand], layer.measured[cand] = loss(layer.name, layer.decoded[cand]), True
+    if "float16" in layer.decoded:
+        w = originals[layer.name]
+        e16 = weight_error_energy(w, layer.decoded["float16"])
+        e8 = weight_error_energy(w, layer.decoded["int8"]) if "int8" in layer.loss else 0.0
+        if e8 > 0:
+            layer.loss["float16"] = max(layer.loss["int8"], 0.0) * e16 / e8
+            layer.measured["float16"] = False
+        else:  # nothing to scale from: run it
+            layer.loss["float16"], layer.measured["float16"] = loss(layer.name, layer.decoded["float16"]), True
 
 
 def search(layers: list[Layer], originals: dict[str, np.ndarray], probe_run: Callable[[dict], list],
@@ -186,24 +212,22 @@ def search(layers: list[Layer], originals: dict[str, np.ndarray], probe_run: Cal
     probe_run / verify_run: swapped weights -> outputs, on the sensitivity samples / on the
     verification samples (with labels, all of them).
     """
-    measure(layers, originals, probe_run, None if budget.by_accuracy else 1.0 - budget.min_cosine)
-    moves = order_moves(layers)
     verify_ref = verify_run({})
-    cosine = Cosine(verify_ref)
-    ref_acc = accuracy(verify_ref, budget.labels) if budget.by_accuracy else None
+    meter = budget.meter(verify_ref)
+    shared = budget.shared()
+    measure(layers, originals, probe_run, 1.0 - budget.min_cosine if budget.by_cosine else None, meter.focus)
+    moves = order_moves(layers)
+    ref_acc = meter.baseline_accuracy if budget.by_accuracy else None
     trail: list[tuple[int, bool]] = []
 
     def check(taken: list[Move]) -> tuple[bool, dict]:
         choice = assignment(layers, taken)
-        outs = verify_run({n: by_name[n].decoded[c] for n, c in choice.items() if c != FLOAT})
-        fid = {"cosine": cosine(outs)}
+        m = meter(verify_run({n: by_name[n].decoded[c] for n, c in choice.items() if c != FLOAT}))
+        fid = {k: m[k] for k in ("cosine", "score", "top1_agreement", "max_abs_error")}
         if budget.by_accuracy:
-            acc = accuracy(outs, budget.labels)
-            drop = None if acc is None or ref_acc is None else ref_acc - acc
-            fid.update(accuracy=acc, accuracy_drop=drop)
-            ok = drop is not None and drop <= budget.max_accuracy_drop + 1e-12
-        else:
-            ok = fid["cosine"] >= budget.min_cosine
+            acc = m["accuracy"]
+            fid.update(accuracy=acc, accuracy_drop=None if acc is None or ref_acc is None else ref_acc - acc)
+        ok = shared.met(m, ref_acc)
         trail.append((len(taken), ok))
         return ok, fid
 
@@ -220,17 +244,18 @@ def search(layers: list[Layer], originals: dict[str, np.ndarray], probe_run: Cal
 
     by_name = {layer.name: layer for layer in layers}
     limit = 1.0 - budget.min_cosine
-    fid = {"cosine": 1.0, **({"accuracy": ref_acc, "accuracy_drop": 0.0} if budget.by_accuracy else {})}
+    fid = {"cosine": 1.0, "score": 1.0, "top1_agreement": 1.0, "max_abs_error": 0.0,
+           **({"accuracy": ref_acc, "accuracy_drop": 0.0} if budget.by_accuracy else {})}
     # 1. the longest prefix of the ordered moves; the first try is what the summed losses allow
     cum = np.cumsum([m.dloss for m in moves]) if moves else np.zeros(0)
-    first = len(moves) // 2 if budget.by_accuracy else int(np.searchsorted(cum, limit, side="right"))
+    first = int(np.searchsorted(cum, limit, side="right")) if budget.by_cosine else len(moves) // 2
     n, fid, culprit = longest([], moves, first, fid)
     taken, rest = moves[:n], moves[n:]
     # 2. fill: a move that broke the budget (and that layer's later moves) is dropped; the moves after
     # it that the budget left over allows (by their summed losses) are tried, and so on
     while culprit and rest and len(trail) < max_verifications:
         blocked = {rest[0].layer}
-        spare = limit - (1.0 - fid["cosine"]) if not budget.by_accuracy else float("inf")
+        spare = limit - (1.0 - fid["cosine"]) if budget.by_cosine else float("inf")
         extra = []
         for move in rest[1:]:
             if move.layer in blocked or move.dloss > spare:
