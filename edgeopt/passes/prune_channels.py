@@ -45,7 +45,8 @@ class Params:
         None, "ratio: auto: estimated latency on the recipe's first device to reach", gt=0)
     min_cosine: float | None = param(
         None, "ratio: auto: output cosine against the pass's input on the calibration data that must hold "
-              "(default 0.99 without labels)", ge=-1, le=1)
+              "(default 0.99 without labels); on the recipe's fidelity output, and with its metric top1 the "
+              "top-1 agreement, with max_abs 1 - max abs error / output scale", ge=-1, le=1)
     max_accuracy_drop: float | None = param(
         None, "ratio: auto: accuracy drop on the labelled calibration data that must hold (0.01 = 1 point; "
               "default 0.01 with labels)", ge=0, le=1)
@@ -73,10 +74,12 @@ class PruneChannels(Pass):
         "retraining, accuracy holds only with `reconstruct: true` (calibration data); "
         "`edgeopt sensitivity MODEL --data D.npz` proposes per-layer ratios within a fidelity budget. "
         "`ratio: auto` does that inside the pass: each group is pruned alone at scan_ratios and measured "
-        "on the calibration data (reconstructed when `reconstruct: true`), cuts are taken cheapest squared "
-        "output error per MAC saved first until target_macs (or max_est_latency_ms on the device) is met, "
-        "the last cut eased to the most channels that still meet it, and the whole network is verified "
-        "against min_cosine / max_accuracy_drop; if that fails, the summary gives the figures at the "
+        "on the calibration data (reconstructed when `reconstruct: true`); then a few rounds re-measure every "
+        "group's next cut on the network as pruned so far and take the cheapest squared output error per MAC "
+        "saved until target_macs (or max_est_latency_ms on the device) is met, the last cut eased to the most "
+        "channels that still meet it. That allocation, the scan's own greedy and one uniform ratio are "
+        "verified at the target against min_cosine / max_accuracy_drop (on the recipe's fidelity output and "
+        "metric), the best on the calibration data is kept and a few verified exchanges refine it; if it fails, the summary gives the figures at the "
         "target and the pass stops at the most pruned point that holds the budget (on_miss: best) or "
         "prunes nothing (on_miss: unchanged). Notes give every group's ratio and its cost measured alone."
     )
@@ -140,9 +143,10 @@ def _apply_auto(model: onnx.ModelProto, params: Params, round_to: int, ctx: Pass
                         "in the recipe's data); use min_cosine")
     if not params.scan_ratios or any(not 0 < r < 1 for r in params.scan_ratios):
         raise UserError(f"prune_channels: scan_ratios: every ratio must be in (0, 1); got {params.scan_ratios}")
-    budget = Budget(params.max_accuracy_drop, params.min_cosine)
+    budget = Budget(params.max_accuracy_drop, params.min_cosine, ctx.fidelity)
     if budget.max_accuracy_drop is None and budget.min_cosine is None:
-        budget = Budget(max_accuracy_drop=0.01) if ctx.labels is not None else Budget(min_cosine=0.99)
+        budget = Budget(max_accuracy_drop=0.01, spec=ctx.fidelity) if ctx.labels is not None else \
+            Budget(min_cosine=0.99, spec=ctx.fidelity)
     if params.target_macs is not None:
         macs = total_macs(model, ctx.input_shapes)
         if not macs:

@@ -14,7 +14,7 @@ from edgeopt.prune.criteria import DATA_CRITERIA, channel_scores, keep_indices
 from edgeopt.prune.groups import GraphAnalysis, analyze, static_shapes
 from edgeopt.prune.macs import total_macs
 from edgeopt.prune.plan import GroupPlan, plan_groups
-from edgeopt.prune.reconstruct import refit
+from edgeopt.prune.reconstruct import TargetCache, refit
 from edgeopt.prune.shrink import shrink
 
 
@@ -68,12 +68,13 @@ def _sources_channels(analysis: GraphAnalysis) -> int:
 def prune_model(model: onnx.ModelProto, config: PruneConfig, data: dict[str, np.ndarray] | None = None,
                 input_shapes: dict[str, list[int]] | None = None, seed: int = 0,
                 keep_counts: dict[int, int] | None = None,
-                scores: dict[int, np.ndarray] | None = None) -> PruneOutcome:
+                scores: dict[int, np.ndarray] | None = None, targets: "TargetCache | None" = None) -> PruneOutcome:
     """Prune channels of `model` (not modified) and say what was done to each group.
 
     keep_counts (group id -> channels kept) overrides the plan from the
     ratio; scores (group id -> importance) skips computing the criterion.
-    Both are for the sensitivity scan, which prunes the same model many times.
+    Both are for the sensitivity scan, which prunes the same model many times; so is targets (a
+    reconstruct.TargetCache: the original network's layer outputs, computed once for all of them).
     """
     if config.criterion in DATA_CRITERIA and data is None:
         raise ValueError(f"criterion {config.criterion} needs calibration data (`data:` in the recipe)")
@@ -102,7 +103,7 @@ def prune_model(model: onnx.ModelProto, config: PruneConfig, data: dict[str, np.
     macs_before = total_macs(model, input_shapes)
     if config.reconstruct and keep:
         consumers = sorted({c.node.outputs[0].name for p in to_prune for c in p.group.consumers})
-        notes.extend(refit(model, ir_model, consumers, changed, data, config.max_samples, seed))
+        notes.extend(refit(model, ir_model, consumers, changed, data, config.max_samples, seed, targets))
     pruned = to_proto(ir_model) if keep else model
     macs_after = total_macs(pruned, input_shapes) if keep else macs_before
     removed = sum(p.removed * len(p.group.sources) for p in to_prune)

@@ -62,9 +62,42 @@ def _find(graph: ir.Graph, output: str) -> ir.Node | None:
     return next((n for n in graph if n.outputs and n.outputs[0].name == output), None)
 
 
+class TargetCache:
+    """The original network's outputs of the refitted layers, kept across prune_model calls on the same
+    model, data, max_samples and seed (the sensitivity scan and ratio: auto refit hundreds of times): each
+    layer's target is computed once. Bounded: past max_bytes, targets are recomputed as without it."""
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.chunks: dict[str, list[np.ndarray]] = {}
+        self.key = None
+
+    def accepts(self, original: onnx.ModelProto, data: dict, max_samples: int, seed: int) -> bool:
+        """True when these are the model, data and sampling of the first call (else the cache is bypassed)."""
+        key = (id(original), id(data), max_samples, seed)
+        self.key = self.key or key
+        return self.key == key
+
+    def get(self, original: onnx.ModelProto, y_name: str, sample: dict[str, np.ndarray]):
+        if y_name in self.chunks:
+            return [{y_name: c} for c in self.chunks[y_name]]
+        if self.bytes >= self.max_bytes:
+            return Probe(original, [y_name]).chunks(sample, CHUNK)
+        chunks = [c[y_name] for c in Probe(original, [y_name]).chunks(sample, CHUNK)]
+        size = sum(c.nbytes for c in chunks)
+        if self.bytes + size <= self.max_bytes:
+            self.chunks[y_name] = chunks
+        self.bytes += size
+        return [{y_name: c} for c in chunks]
+
+
 def refit(original: onnx.ModelProto, pruned: ir.Model, consumers: list[str], out_positions: dict[str, np.ndarray],
-          data: dict[str, np.ndarray], max_samples: int, seed: int) -> list[NodeNote]:
-    """Refit, in place on `pruned`, the layers producing the tensors `consumers` (by output name)."""
+          data: dict[str, np.ndarray], max_samples: int, seed: int,
+          cache: TargetCache | None = None) -> list[NodeNote]:
+    """Refit, in place on `pruned`, the layers producing the tensors `consumers` (by output name).
+    cache: the original's layer outputs from earlier calls on the same model, data, max_samples, seed."""
+    if cache is not None and not cache.accepts(original, data, max_samples, seed):
+        cache = None
     rng = np.random.default_rng(seed)
     sample = subsample(data, max_samples, seed)
     n_chunks = -(-sample_count(sample) // CHUNK)
@@ -87,7 +120,8 @@ def refit(original: onnx.ModelProto, pruned: ir.Model, consumers: list[str], out
             continue
         x_name = node.inputs[0].name
         keep_out = out_positions.get(y_name)
-        targets = Probe(original, [y_name]).chunks(sample, CHUNK)
+        targets = cache.get(original, y_name, sample) if cache is not None else \
+            Probe(original, [y_name]).chunks(sample, CHUNK)
         inputs = Probe(ir.to_proto(pruned), [x_name]).chunks(sample, CHUNK)
         for y_chunk, x_chunk in zip(targets, inputs):
             y = y_chunk[y_name]

@@ -22,7 +22,10 @@ import onnx
 from edgeopt.prune.core import PruneConfig, analyze_model, prune_model
 from edgeopt.prune.criteria import channel_scores
 from edgeopt.prune.plan import _choices
-from edgeopt.verify.fidelity import accuracy, compare
+from edgeopt.prune.reconstruct import TargetCache
+from edgeopt.progress import steps
+from edgeopt.verify.budget import FidelityBudget, Meter
+from edgeopt.verify.fidelity import FidelitySpec
 from edgeopt.verify.runtime import make_session, run_batched
 
 
@@ -48,30 +51,11 @@ class Trial:
                 "top1_agreement": self.top1_agreement, "accuracy": self.accuracy, "accuracy_drop": drop}
 
 
-@dataclass
-class Budget:
-    """What the proposal must keep: an accuracy drop (needs labels) and / or a cosine."""
-
-    max_accuracy_drop: float | None = None
-    min_cosine: float | None = None
-
-    def met(self, measured: dict, baseline_accuracy: float | None) -> bool:
-        ok = True
-        if self.max_accuracy_drop is not None:
-            acc = measured.get("accuracy")
-            ok &= acc is not None and baseline_accuracy is not None and \
-                baseline_accuracy - acc <= self.max_accuracy_drop + 1e-12
-        if self.min_cosine is not None:
-            ok &= measured.get("cosine") is not None and measured["cosine"] >= self.min_cosine
-        return bool(ok)
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_accuracy_drop is not None:
-            parts.append(f"accuracy drop <= {100 * self.max_accuracy_drop:g} points")
-        if self.min_cosine is not None:
-            parts.append(f"cosine >= {self.min_cosine:g}")
-        return " and ".join(parts) or "none"
+def Budget(max_accuracy_drop: float | None = None, min_cosine: float | None = None,
+           spec: FidelitySpec | None = None) -> FidelityBudget:
+    """What the proposal must keep: an accuracy drop (needs labels) and / or a cosine, on the recipe's
+    fidelity output and metric (edgeopt/verify/budget.py: the helper bits: auto shares)."""
+    return FidelityBudget(min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop, spec=spec)
 
 
 @dataclass
@@ -95,32 +79,35 @@ class Scan:
     baseline_accuracy: float | None
     frozen: list[dict] = field(default_factory=list)  # groups that cannot be pruned, and why
     scores: dict = field(default_factory=dict)
+    targets: TargetCache | None = None  # the original's layer outputs that reconstruction fits to, shared
 
 
 class Evaluator:
-    """Runs a candidate model on the evaluation inputs and measures it against the original."""
+    """Runs a candidate model on the evaluation inputs and measures it against the original, on the
+    recipe's fidelity output and metric (verify.budget.Meter; spec None: every output, cosine)."""
 
-    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], labels: np.ndarray | None):
+    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], labels: np.ndarray | None,
+                 spec: FidelitySpec | None = None):
         self.feeds, self.labels = feeds, labels
         self.reference = run_batched(make_session(model), model, feeds)
-        self.baseline_accuracy = accuracy(self.reference, labels)
+        self.meter = Meter(self.reference, [o.name for o in model.graph.output], spec, labels)
+        self.baseline_accuracy = self.meter.baseline_accuracy
 
     def __call__(self, model: onnx.ModelProto) -> dict:
-        outputs = run_batched(make_session(model), model, self.feeds)
-        result = compare(self.reference, outputs)
-        ref = np.concatenate([np.ravel(o) for o in self.reference]).astype(np.float64)
-        got = np.concatenate([np.ravel(o) for o in outputs]).astype(np.float64)
-        result["rel_error"] = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
-        result["accuracy"] = accuracy(outputs, self.labels)
-        return result
+        return self.meter(run_batched(make_session(model), model, self.feeds))
+
+    def loss(self, measured: dict) -> tuple[float, float]:
+        """Lower is better: the continuous error of the budget's output (verify.budget.Meter.loss)."""
+        return self.meter.loss(measured)
 
 
 def scan(model: onnx.ModelProto, config: PruneConfig, ratios: list[float], feeds: dict[str, np.ndarray],
          labels: np.ndarray | None = None, calib: dict[str, np.ndarray] | None = None,
          input_shapes: dict[str, list[int]] | None = None, seed: int = 0,
-         log: Callable[[str], None] = lambda m: None) -> tuple[Scan, Evaluator]:
-    """Prune each prunable group alone at each ratio and measure the network."""
-    evaluate = Evaluator(model, feeds, labels)
+         log: Callable[[str], None] = lambda m: None,
+         spec: FidelitySpec | None = None) -> tuple[Scan, Evaluator]:
+    """Prune each prunable group alone at each ratio and measure the network (on spec's output and metric)."""
+    evaluate = Evaluator(model, feeds, labels, spec)
     calib = calib if calib is not None else feeds
     _, analysis = analyze_model(model, input_shapes)
     groups = [g for g in analysis.groups if g.prunable]
@@ -132,26 +119,30 @@ def scan(model: onnx.ModelProto, config: PruneConfig, ratios: list[float], feeds
     scores, _ = channel_scores(model, analysis, groups, config.criterion, calib, config.max_samples, seed)
     trials = []
     macs_before = None
-    for i, group in enumerate(groups):
-        choices = _choices(group.length, config.round_to, config.min_channels)
-        seen = set()
-        for ratio in ratios:
-            want = group.length * (1 - ratio)
-            keep = min(choices, key=lambda n: (abs(n - want), -n))
-            if keep >= group.length or keep in seen:
-                continue
-            seen.add(keep)
-            out = prune_model(model, config, calib, input_shapes, seed, keep_counts={group.id: keep}, scores=scores)
-            macs_before = out.macs_before
-            m = evaluate(out.model)
-            trials.append(Trial(group.id, group.name, group.source_names, group.length, ratio, keep,
-                                out.macs_saved, m["rel_error"], m["cosine"], m["top1_agreement"], m["accuracy"]))
-        log(f"[{i + 1}/{len(groups)}] {group.name}: {len(seen)} trials")
+    targets = TargetCache()
+    with steps("sensitivity scan", len(groups)) as advance:
+        for i, group in enumerate(groups):
+            choices = _choices(group.length, config.round_to, config.min_channels)
+            seen = set()
+            for ratio in ratios:
+                want = group.length * (1 - ratio)
+                keep = min(choices, key=lambda n: (abs(n - want), -n))
+                if keep >= group.length or keep in seen:
+                    continue
+                seen.add(keep)
+                out = prune_model(model, config, calib, input_shapes, seed, keep_counts={group.id: keep},
+                                  scores=scores, targets=targets)
+                macs_before = out.macs_before
+                m = evaluate(out.model)
+                trials.append(Trial(group.id, group.name, group.source_names, group.length, ratio, keep,
+                                    out.macs_saved, m["rel_error"], m["cosine"], m["top1_agreement"], m["accuracy"]))
+            log(f"[{i + 1}/{len(groups)}] {group.name}: {len(seen)} trials")
+            advance()
     if macs_before is None:
         from edgeopt.prune.macs import total_macs
 
         macs_before = total_macs(model, input_shapes)
-    return Scan(trials, macs_before, evaluate.baseline_accuracy, frozen, scores), evaluate
+    return Scan(trials, macs_before, evaluate.baseline_accuracy, frozen, scores, targets), evaluate
 
 
 def _options(trials: list[Trial]) -> dict[int, list[Trial]]:
@@ -228,7 +219,8 @@ def propose(model: onnx.ModelProto, result: Scan, evaluate: Evaluator, config: P
         if key in tried:
             return tried[key]
         keep = {g: t.keep for g, t in chosen.items()}
-        out = prune_model(model, config, calib, input_shapes, seed, keep_counts=keep, scores=result.scores)
+        out = prune_model(model, config, calib, input_shapes, seed, keep_counts=keep, scores=result.scores,
+                          targets=result.targets)
         m = evaluate(out.model) if keep else {"cosine": 1.0, "rel_error": 0.0, "top1_agreement": 1.0,
                                               "accuracy": evaluate.baseline_accuracy}
         p = Proposal(keep, ratios_for(chosen), out.macs_before, out.macs_after, m,
