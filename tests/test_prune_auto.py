@@ -138,3 +138,26 @@ def test_a_latency_target_on_the_recipe_device():
     assert cosine(model, result.model, data()) >= 0.99
     with pytest.raises(UserError, match="needs a `device:`"):
         run_auto(model, max_est_latency_ms=limit)
+
+
+def test_the_in_context_rounds_mark_their_loop_with_one_progress_bar(monkeypatch):
+    import contextlib
+
+    import edgeopt.prune.auto as auto
+
+    calls = []
+
+    @contextlib.contextmanager
+    def steps(label, total):
+        calls.append([label, total, 0])
+
+        def advance(k=1, **kwargs):
+            calls[-1][2] += k
+        yield advance
+
+    monkeypatch.setattr(auto, "steps", steps)
+    result = run_auto(robust_and_sensitive(), target_macs=0.45, min_cosine=0.99)
+    f = next(n for n in result.notes if n.node == "(model)").figures
+    assert [c[0] for c in calls] == ["pruning in context"]
+    # two groups: at most 3 re-measured per round, 2 rounds after the scan's; each re-measure one evaluation
+    assert 0 < calls[0][2] <= calls[0][1] == 2 * 3 and f["evaluations"] >= len(SCAN) + calls[0][2]

@@ -82,3 +82,26 @@ def test_sensitivity_command_json_and_bad_input(tmp_path):
     assert bad.exit_code == 2 and "need calibration data: give --data or --calib" in bad.output
     bad = runner.invoke(cli, ["sensitivity", str(model_path), "--data", str(data_path), "--max-accuracy-drop", "0.01"])
     assert bad.exit_code == 2 and "--max-accuracy-drop needs labelled data" in bad.output
+
+
+def test_the_scan_marks_its_loop_with_one_progress_bar_and_prints_nothing_off_a_terminal(monkeypatch, capsys):
+    import contextlib
+
+    import edgeopt.prune.sensitivity as sensitivity
+
+    calls = []
+
+    @contextlib.contextmanager
+    def steps(label, total):
+        calls.append([label, total, 0])
+
+        def advance(k=1, **kwargs):
+            calls[-1][2] += k
+        yield advance
+
+    scan(half_dead_net(), PruneConfig(ratio=0.0, balance=False), [0.5], feeds())  # the real bar: not a tty
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sensitivity, "steps", steps)
+    result, _ = scan(half_dead_net(), PruneConfig(ratio=0.0, balance=False), [0.5], feeds())
+    groups = len({t.group for t in result.trials})
+    assert calls == [["sensitivity scan", groups, groups]] and groups == 3

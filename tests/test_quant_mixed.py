@@ -200,3 +200,23 @@ def test_auto_parameters_are_validated_from_the_recipe():
                                                                "max_accuracy_drop": 0.01}}]}
     params = parse_recipe(doc, Path("r.yaml")).passes[0].params
     assert params.bits == "auto" and params.objective == "est_energy_mj" and params.max_accuracy_drop == 0.01
+
+
+def test_bits_auto_marks_its_per_layer_loop_with_one_progress_bar(monkeypatch):
+    import contextlib
+
+    import edgeopt.quant.mixed as mixed
+
+    calls = []
+
+    @contextlib.contextmanager
+    def steps(label, total):
+        calls.append([label, total, 0])
+
+        def advance(k=1, **kwargs):
+            calls[-1][2] += k
+        yield advance
+
+    monkeypatch.setattr(mixed, "steps", steps)
+    PASS().apply(gain_model(), PASS.Params(bits="auto", min_cosine=0.9995), PassContext(data=DATA))
+    assert calls == [["bits auto: layer sensitivity", 3, 3]]
