@@ -196,7 +196,7 @@ def parse_search(doc: dict, where: str) -> SearchSpace:
         dim = _values(raw[key], key, index, pass_name, param, loc)
         for name in having:  # every value must be one the pass accepts
             for value in (dim.choices if dim.choices is not None else (dim.low, dim.high)):
-                build_params(get_pass(name).Params, {param: value}, f"{loc} ({name})")
+                build_params(get_pass(name).Params, {param: value}, f"{loc}: {name}")
         space.dims.append(dim)
     if not space.dims:
         raise UserError(f"{where}: search: names no recipe value to vary; add e.g. passes.3.ratio: {{low: 0.1, high: 0.6}}")
