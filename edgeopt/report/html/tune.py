@@ -65,10 +65,12 @@ def pareto_chart(doc: dict, chart_id: str = "chart-pareto") -> str | None:
             for k, ((x, y), n) in enumerate(front):
                 ax.annotate(f"#{n}", (x, y), xytext=(6, 5 if k % 2 == 0 else -12), textcoords="offset points",
                             fontsize=8, color=INK, zorder=6)
-        base = xy((doc.get("baseline") or {}).get("values"))
+        baseline = doc.get("baseline") or {}
+        base = xy(baseline.get("values"))
         if base:
-            ax.scatter([base[0]], [base[1]], s=110, marker="*", color=INK, zorder=6, label="baseline (recipe as is)",
-                       gid="baseline")
+            failed = baseline.get("state") == "infeasible" or bool(baseline.get("error"))
+            ax.scatter([base[0]], [base[1]], s=110, marker="*", color=ACCENT if failed else INK, zorder=6,
+                       label="baseline (recipe as written" + (", failed a check)" if failed else ")"), gid="baseline")
         chosen = {}
         for objective, number in (doc.get("chosen") or {}).items():
             point = xy((by_number.get(number) or {}).get("values"))
@@ -170,7 +172,8 @@ def render_tune(doc: dict, base: Path | None = None, top_n: int = 5, source: str
     base_html = ""
     baseline = (doc.get("baseline") or {}).get("values")
     if baseline:
-        base_html = ("<h3>Baseline (the recipe as written)</h3>"
+        error = (doc.get("baseline") or {}).get("error")
+        base_html = ("<h3>Baseline (the recipe as written)</h3>" + (note(f"Baseline: {error}") if error else "")
                      + table([Col(o["name"], lambda b, i, n=o["name"]: num(b.get(n), _fmt(b.get(n)),
                                                                           f"baseline.values.{n}"))
                               for o in objectives], [baseline], id_="baseline-table"))
