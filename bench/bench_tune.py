@@ -114,8 +114,7 @@ search: prune ratio 0.1-0.5 step 0.05 x criterion l1/thinet x split on/off x int
 min_cosine 0.95, max_accuracy_drop 0.02, max_weight_bytes 100000 are constraints). Accuracy is on the 540
 held-out digits of `digits_test.npz`; reconstruction and thinet fit on `digits_calib.npz`.
 
-## Pareto front ({len(front)} points of {len(states)} trials: {states.count('complete')} feasible,
-{states.count('infeasible')} infeasible, {states.count('failed')} failed)
+## Pareto front: {len(front)} points of {len(states)} trials ({states.count('complete')} feasible, {states.count('infeasible')} infeasible, {states.count('failed')} failed)
 
 {front_table}
 

@@ -227,6 +227,8 @@ def test_resume_adds_trials_to_the_same_study(first, folder):
     assert again["study"] == first["study"]
     assert [t["number"] for t in again["trials"]] == list(range(10))
     assert again["trials"][:8] == [dict(t, recipe=again["trials"][i]["recipe"]) for i, t in enumerate(first["trials"])]
+    # the sampler's seed moves with the study's size: a resume does not replay the first trials
+    assert [t["params"] for t in again["trials"][8:]] != [t["params"] for t in first["trials"][:2]]
     study = optuna.load_study(study_name=first["study"]["name"], storage=first["study"]["storage"])
     assert len([t for t in study.trials if t.state.is_finished()]) == 10
 
@@ -278,3 +280,10 @@ def test_jobs_2_and_clean_json_on_stdout(folder, tmp_path):
     doc = json.loads(proc.stdout)
     assert len(doc["trials"]) == 4 and doc["pareto"]
     assert "trial 0:" in proc.stderr and "wrote" in proc.stderr
+
+
+def test_ray_missing_exits_2(folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    code, out, err = tune(str(folder / "tiny.yaml"), "--trials", "1", "--ray", "local", "-o", str(tmp_path))
+    assert code == 2 and out == ""
+    assert err.strip() == "edgeopt: error: --ray needs Ray, which is not installed: pip install 'edgeopt[ray]'"

@@ -73,7 +73,9 @@ def command(recipe, trials, timeout, seed, jobs, ray_address, output_dir, cache_
             advance(description=f"tune {recipe.name}: best {figures}")
             if not bars.shown():
                 what = (", ".join(f"{k} {v:.4g}" for k, v in result["values"].items()) if result["values"] else "")
-                why = f": {result['error']}" if result["error"] else ""
+                failed_checks = [c["name"] for c in result["checks"] if not c["ok"]]
+                why = (f" (failed {', '.join(failed_checks)})" if result["state"] == "infeasible"
+                       else f": {result['error']}" if result["error"] else "")
                 log.info(f"trial {number}: {result['state']} {what}{why} ({result['seconds']:.1f} s, "
                          f"{result['cached_stages']}/{result['stages']} stages cached)")
 

@@ -105,14 +105,20 @@ def open_study(setup: TuneSetup, seed: int | None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     setup.out.mkdir(parents=True, exist_ok=True)
-    sampler = make_sampler(setup.space.sampler, seed, bool(setup.recipe.checks))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return optuna.create_study(storage=setup.storage, study_name=setup.study_name, sampler=sampler,
-                                       directions=[o.direction for o in setup.objectives], load_if_exists=True)
+            study = optuna.create_study(storage=setup.storage, study_name=setup.study_name,
+                                        sampler=optuna.samplers.RandomSampler(),
+                                        directions=[o.direction for o in setup.objectives], load_if_exists=True)
     except Exception as exc:  # a bad --storage URL or an unreadable database
         raise UserError(f"--storage {setup.storage}: cannot open the study ({' '.join(str(exc).split())[:200]})") from None
+    # A resumed study's sampler starts from a seed moved by the trials it holds: the same seed again would
+    # replay the first run's random start-up trials.
+    if seed is not None:
+        seed += len(study.trials)
+    study.sampler = make_sampler(setup.space.sampler, seed, bool(setup.recipe.checks))
+    return study
 
 
 def finished(study) -> list:
