@@ -147,6 +147,19 @@ def _tell(study, trial, result: dict, setup: TuneSetup) -> None:
         study.tell(trial, [result["values"][o.name] for o in setup.objectives])
 
 
+def _result(future) -> dict:
+    """The trial's result; a worker that died (or a Ray task error) makes it failed, not the tune."""
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return {"state": "failed", "values": None, "checks": [], "constraints": [], "stages": 0,
+                "error": f"the trial's worker failed ({type(exc).__name__}: {first})", "cached_stages": 0,
+                "cache": {"hits": 0, "misses": 0}, "seconds": 0.0}
+
+
 def run_loop(setup: TuneSetup, study, executor, trials: int, timeout: float | None,
              on_result: Callable[[int, dict], None] = lambda number, result: None) -> LoopStats:
     """Run trials until the study holds `trials` finished ones (or `timeout` seconds passed)."""
@@ -169,7 +182,7 @@ def run_loop(setup: TuneSetup, study, executor, trials: int, timeout: float | No
             if not pending:
                 break
             trial, future = pending.popleft()
-            result = future.result()
+            result = _result(future)
             _tell(study, trial, result, setup)
             done += 1
             stats.ran += 1
@@ -177,7 +190,7 @@ def run_loop(setup: TuneSetup, study, executor, trials: int, timeout: float | No
             stats.misses += result["cache"]["misses"]
             on_result(trial.number, result)
         if baseline_future is not None:
-            result = baseline_future.result()
+            result = _result(baseline_future)
             stats.hits += result["cache"]["hits"]
             stats.misses += result["cache"]["misses"]
             baseline = {"values": result["values"],
