@@ -97,3 +97,63 @@ def test_input_read_by_unnamed_nodes_converts():
     assert all(not n.name for n in model.graph.node)  # the input model is left as it was
     ref, got = (make_session(m).run(None, feeds)[0] for m in (model, result.model))
     assert 0 < np.abs(got - ref).max() < 2e-3 * np.abs(ref).max()
+
+
+def attention_scale_model(scale: bool = True) -> onnx.ModelProto:
+    """What PyTorch's exporter writes for attention: MatMul -> Add -> Transpose -> MatMul at fixed shapes,
+    with (scale) the head size read off the shape, Cast to float, Sqrt and a division before the Transpose."""
+    rng = np.random.default_rng(5)
+    scaling = """
+        shape = Shape(a)
+        last = Constant <value = int64[1] {2}> ()
+        size = Gather(shape, last)
+        sizef = Cast <to = 1> (size)
+        root = Sqrt(sizef)
+        scaled = Div(a, root)""" if scale else """
+        scaled = Identity(a)"""
+    model = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 14]>
+    g (float[2, 5, 16] x) => (float[5, 2, 32] y) {{
+        m = MatMul(x, W1)
+        a = Add(m, B1){scaling}
+        t = Transpose <perm = [1, 0, 2]> (scaled)
+        y = MatMul(t, W2)
+    }}""")
+    for name, shape in (("W1", (16, 64)), ("B1", (64,)), ("W2", (64, 32))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(
+            rng.standard_normal(shape).astype(np.float32), name))
+    return model
+
+
+def test_float_casts_inside_the_float16_part_become_float16_casts():
+    """The converter turned every float value into float16 but left Cast(to=FLOAT): onnxruntime refused
+    the model ("Type Error"), so every PyTorch transformer was left unchanged."""
+    model = attention_scale_model()
+    result = apply(model)
+    assert result.modified, result.summary
+    onnx.checker.check_model(result.model, full_check=True)
+    casts = {n.name or n.output[0]: next(a.i for a in n.attribute if a.name == "to")
+             for n in result.model.graph.node if n.op_type == "Cast"}
+    assert sum(to == onnx.TensorProto.FLOAT16 for to in casts.values()) == 2  # the head size and the input
+    assert sum(to == onnx.TensorProto.FLOAT for to in casts.values()) == 1  # the output edge only
+    feeds = {"x": np.random.default_rng(6).standard_normal((2, 5, 16)).astype(np.float32)}
+    ref, got = (make_session(m).run(None, feeds)[0] for m in (model, result.model))
+    assert 0 < np.abs(got - ref).max() < 4e-3 * np.abs(ref).max()
+
+
+def test_float16_sessions_survive_onnxruntimes_nchwc_pass():
+    """onnxruntime 1.32's NCHWc layout pass killed the process (SIGSEGV) when a session opened this float16
+    MatMul -> Transpose -> MatMul at fixed shapes; the check runs in a child so a crash fails the test."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, onnx\n"
+            "sys.path.insert(0, sys.argv[2])\n"
+            "from test_quant_fp16 import apply, attention_scale_model\n"
+            "from edgeopt.verify.runtime import make_session\n"
+            "out = apply(attention_scale_model(scale=False)).model\n"
+            "y = make_session(out).run(None, {'x': np.ones((2, 5, 16), np.float32)})[0]\n"
+            "assert y.shape == (5, 2, 32) and np.isfinite(y).all()\n"
+            "print('ran')\n")
+    child = subprocess.run([sys.executable, "-c", code, "", str(Path(__file__).parent)], capture_output=True,
+                           text=True, timeout=120)
+    assert child.returncode == 0 and "ran" in child.stdout, (child.returncode, child.stderr[-500:])

@@ -20,6 +20,42 @@ from edgeopt.quant.select import excluded
 # below opset 19, and a float16 scale would change what int8 kernels onnxruntime fuses.
 ALWAYS_FLOAT32 = ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"]
 
+# Operators whose output element type is an attribute: the converter turns every float32 value into
+# float16 but leaves these attributes at FLOAT, so a PyTorch attention's Cast(to=FLOAT) of the head
+# size would produce float32 where its readers now expect float16 (onnxruntime: "Type Error").
+TYPE_ATTRIBUTE = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype", "RandomUniform": "dtype",
+                  "RandomNormalLike": "dtype", "RandomUniformLike": "dtype"}
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def _retype_float_producers(converted: onnx.ModelProto, originals: set[str]) -> int:
+    """Point the original model's float32-producing Casts (and friends) at float16 where their output now
+    lives in float16: the node was not blocked (its name is in `originals`) or the converter recorded the
+    output as float16. The converter's own Casts to float32 (before blocked nodes, at the outputs) have
+    new names and float32 value_info, so they stay."""
+    retyped = 0
+    for graph in _graphs(converted.graph):
+        float16_values = {v.name for v in graph.value_info
+                          if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+        for node in graph.node:
+            key = TYPE_ATTRIBUTE.get(node.op_type)
+            attr = next((a for a in node.attribute if a.name == key), None)
+            if attr is None or attr.i != onnx.TensorProto.FLOAT:
+                continue
+            if (graph is converted.graph and node.name in originals) or node.output[0] in float16_values:
+                attr.i = onnx.TensorProto.FLOAT16
+                retyped += 1
+    return retyped
+
 
 def _restore_float32_constants(original: onnx.ModelProto, converted: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Weights the converter halved only to Cast back to float32 (all their readers are blocked) are
@@ -101,6 +137,9 @@ class ConvertFp16(Pass):
                     model, min_positive_val=params.min_positive_val, max_finite_val=params.max_finite_val,
                     keep_io_types=params.keep_io_types, op_block_list=blocked_ops,
                     node_block_list=sorted(blocked_nodes))
+            originals = {n.name for n in model.graph.node if n.op_type in TYPE_ATTRIBUTE
+                         and n.op_type not in blocked_ops and n.name not in blocked_nodes}
+            _retype_float_producers(result, originals)
             result, restored = _restore_float32_constants(model, result)
         except Exception as exc:  # the converter raises assorted errors on graphs it does not handle
             reason = f"onnxconverter-common cannot convert the model: {' '.join(str(exc).split())[:200]}"
