@@ -101,7 +101,10 @@ class ConvertFp16(Pass):
         "DequantizeLinear, plus op_block_list and exclude). Constants beyond float16's range are clamped to "
         "+-max_finite_val and tiny non-zero ones to +-min_positive_val. On a CPU without float16 "
         "arithmetic onnxruntime computes these nodes through inserted Casts, so the file halves but host "
-        "latency may not improve: the gain is on devices with float16 units (GPUs, NPUs, ARMv8.2+).")
+        "latency may not improve: the gain is on devices with float16 units (GPUs, NPUs, ARMv8.2+). "
+        "onnxruntime 1.32 on x86-64 can crash opening such a model (its NCHWc layout pass on float16 "
+        "attention); edgeopt's sessions turn that pass off, and yours can: "
+        "InferenceSession(..., disabled_optimizers=['NchwcTransformer']).")
     lossless = False
     advice = "keeping the sensitive ops in float32 (`exclude` or `op_block_list`)"
 
