@@ -13,7 +13,8 @@
 3. the best on the calibration data (the budget first, then the continuous error of the budget's output,
    verify.budget.Meter.loss) is kept, so the result is never worse than uniform there; then a few
    exchanges (accuracy-aware, as NNCF's): channels moved from the cut that cost the most per MAC to the
-   group whose next cut costs the least, each verified and kept only when it improves;
+   group whose next cut costs the least, each verified and kept only when it cuts the calibration
+   error by EXCHANGE_GAIN (smaller gains do not carry over to held-out data);
 4. when the kept allocation misses the budget: the longest prefix of the greedy that holds it
    (bisection), or nothing, as the caller asks.
 """
@@ -38,6 +39,10 @@ ROUNDS = 3  # in-context rounds (the first from the scan's figures); the last on
 MEASURED = 3  # a round re-measures at least this many groups' next cuts (and at least half of them)
 SHARE = 0.5  # of the MACs still to save, what one in-context round takes before re-measuring
 EXCHANGES = 3  # verified exchange tries after the allocations are compared
+# An exchange is kept only when it cuts the calibration error by this share: smaller gains on a few hundred
+# samples are noise the held-out data does not repeat (resnet_digits, thinet: cosine 0.9922 -> 0.9923 on
+# the calibration set, then 0.19 -> 0.74 points of accuracy lost on the test set).
+EXCHANGE_GAIN = 0.05
 COST_FLOOR = 1e-9  # squared relative error below which a cut counts as free (measurement noise)
 
 
@@ -185,7 +190,13 @@ def auto_prune(model: onnx.ModelProto, config: PruneConfig, target: Target, budg
             verify(p)
         best = max(unique, key=_rank)  # ties: the first (greedy, in context, uniform)
         if exchanges > 0 and context is not None:
-            best = _exchange(best, context, result, target, config, point, verify, _rank, exchanges)
+            def clearly_better(p: Point, q: Point) -> bool:
+                rp, rq = _rank(p), _rank(q)
+                if rp[0] != rq[0]:
+                    return rp[0]  # only p holds the budget
+                return evaluate.loss(p.measured)[0] < (1 - EXCHANGE_GAIN) * evaluate.loss(q.measured)[0]
+
+            best = _exchange(best, context, result, target, config, point, verify, clearly_better, exchanges)
         rivals = [p for p in unique if p is not best]
         at_target = best
         candidates[-1] = at_target
@@ -298,10 +309,10 @@ def _in_context(result: Scan, target: Target, structural, point, measure, evalua
 
 
 def _exchange(best: Point, context: _Context, result: Scan, target: Target, config: PruneConfig,
-              point, verify, rank, tries: int) -> Point:
+              point, verify, better, tries: int) -> Point:
     """Accuracy-aware moves from `best`: ease the cut that cost the most per MAC in context by one level
     and cut the group whose next cut cost the least deeper, to the most channels that meet the target
-    again; verified, kept only when it ranks better. At most `tries` verifications."""
+    again; verified, kept only when better(moved, best). At most `tries` verifications."""
     full = {t.group: t.channels for t in result.trials}
     done, tried = 0, set()
     while done < tries:
@@ -344,7 +355,7 @@ def _exchange(best: Point, context: _Context, result: Scan, target: Target, conf
         moved.label = best.label if "+" in best.label else f"{best.label} + exchanges"
         verify(moved)
         done += 1
-        if rank(moved) > rank(best):
+        if better(moved, best):
             best = moved
     return best
 
