@@ -64,3 +64,22 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+def record_progress_bars(monkeypatch, module) -> list[list]:
+    """Replace `module.steps` (edgeopt.progress.steps as imported there) by a recorder: one
+    [label, total, advanced] per bar the code opens, so a test can check what a loop reports."""
+    import contextlib
+
+    calls: list[list] = []
+
+    @contextlib.contextmanager
+    def steps(label, total):
+        calls.append([label, total, 0])
+
+        def advance(k=1, **kwargs):
+            calls[-1][2] += k
+        yield advance
+
+    monkeypatch.setattr(module, "steps", steps)
+    return calls

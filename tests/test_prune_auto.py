@@ -13,6 +13,7 @@ from edgeopt.passes import PassContext, get_pass
 from edgeopt.profile import profile_model
 from edgeopt.verify.runtime import make_session
 
+from conftest import record_progress_bars
 from test_prune_groups import Net, weight_shape
 
 SCAN = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875]
@@ -141,21 +142,9 @@ def test_a_latency_target_on_the_recipe_device():
 
 
 def test_the_in_context_rounds_mark_their_loop_with_one_progress_bar(monkeypatch):
-    import contextlib
-
     import edgeopt.prune.auto as auto
 
-    calls = []
-
-    @contextlib.contextmanager
-    def steps(label, total):
-        calls.append([label, total, 0])
-
-        def advance(k=1, **kwargs):
-            calls[-1][2] += k
-        yield advance
-
-    monkeypatch.setattr(auto, "steps", steps)
+    calls = record_progress_bars(monkeypatch, auto)
     result = run_auto(robust_and_sensitive(), target_macs=0.45, min_cosine=0.99)
     f = next(n for n in result.notes if n.node == "(model)").figures
     assert [c[0] for c in calls] == ["pruning in context"]

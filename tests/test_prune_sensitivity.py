@@ -14,6 +14,7 @@ from edgeopt.passes import PassContext, get_pass
 from edgeopt.prune.core import PruneConfig
 from edgeopt.prune.sensitivity import Budget, propose, scan
 
+from conftest import record_progress_bars
 from test_prune_groups import residual_net
 
 
@@ -85,23 +86,11 @@ def test_sensitivity_command_json_and_bad_input(tmp_path):
 
 
 def test_the_scan_marks_its_loop_with_one_progress_bar_and_prints_nothing_off_a_terminal(monkeypatch, capsys):
-    import contextlib
-
     import edgeopt.prune.sensitivity as sensitivity
-
-    calls = []
-
-    @contextlib.contextmanager
-    def steps(label, total):
-        calls.append([label, total, 0])
-
-        def advance(k=1, **kwargs):
-            calls[-1][2] += k
-        yield advance
 
     scan(half_dead_net(), PruneConfig(ratio=0.0, balance=False), [0.5], feeds())  # the real bar: not a tty
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(sensitivity, "steps", steps)
+    calls = record_progress_bars(monkeypatch, sensitivity)
     result, _ = scan(half_dead_net(), PruneConfig(ratio=0.0, balance=False), [0.5], feeds())
     groups = len({t.group for t in result.trials})
     assert calls == [["sensitivity scan", groups, groups]] and groups == 3

@@ -14,6 +14,8 @@ from edgeopt.passes import PassContext, get_pass
 from edgeopt.quant.mixed import Budget, Layer, order_moves, search
 from edgeopt.recipe.load import parse_recipe
 
+from conftest import record_progress_bars
+
 PASS = get_pass("quantize_weights")
 GAIN = 50.0
 
@@ -203,20 +205,8 @@ def test_auto_parameters_are_validated_from_the_recipe():
 
 
 def test_bits_auto_marks_its_per_layer_loop_with_one_progress_bar(monkeypatch):
-    import contextlib
-
     import edgeopt.quant.mixed as mixed
 
-    calls = []
-
-    @contextlib.contextmanager
-    def steps(label, total):
-        calls.append([label, total, 0])
-
-        def advance(k=1, **kwargs):
-            calls[-1][2] += k
-        yield advance
-
-    monkeypatch.setattr(mixed, "steps", steps)
+    calls = record_progress_bars(monkeypatch, mixed)
     PASS().apply(gain_model(), PASS.Params(bits="auto", min_cosine=0.9995), PassContext(data=DATA))
     assert calls == [["bits auto: layer sensitivity", 3, 3]]

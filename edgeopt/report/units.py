@@ -38,11 +38,12 @@ def fixed(digits: int):
     return fmt
 
 
-def plain(value) -> str:
+def plain(value, digits: int = 6) -> str:
+    """A value as text: - for missing, yes/no, floats to `digits` significant digits."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.{digits}g}"
     return str(value)

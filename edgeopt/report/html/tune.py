@@ -8,18 +8,13 @@ from edgeopt import __version__
 from edgeopt.report.html.charts import chart_style, new_figure, safe, to_svg
 from edgeopt.report.html.page import Col, document, esc, figure, note, num, section, table, text_cell
 from edgeopt.report.html.style import ACCENT, INK, MUTED
+from edgeopt.report.units import plain
 
 _STATE_BADGE = {"complete": "ok", "infeasible": "bad", "failed": "muted"}
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.5g}"
-    return str(value)
+    return plain(value, digits=5)
 
 
 def _arrow(direction: str) -> str:
