@@ -339,3 +339,32 @@ def test_gemm_and_matmul_units_are_pruned_like_channels(x):
     assert shapes[ins["fc2"][1]] == [9, 5] and shapes[ins["fc2"][2]] == [1, 5]
     onnx.checker.check_model(out.model, full_check=True)
     assert run(out.model, x).shape == (4, 5)
+
+
+def test_a_conv_transpose_reading_the_channels_loses_its_input_rows(x):
+    """A decoder's ConvTranspose reads the pruned channels on W's axis 0; dead channels go exactly."""
+    net = Net()
+    c = net.node("Relu", [net.conv("x", 3, 8, "enc")], ["r"], "relu")
+    up = net.node("ConvTranspose", [c, net.w("up.w", 8, 4, 2, 2), net.w("up.b", 4, scale=0.1)], ["up"], "up",
+                  strides=[2, 2])
+    model = net.model([("up", ["N", 4, 12, 12])])
+    dead = [0, 3, 4, 7]
+    for init in model.graph.initializer:
+        if init.name in ("enc.w", "enc.b"):
+            arr = numpy_helper.to_array(init).copy()
+            arr[dead] = 0
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    assert not groups_by_sources(model)[("enc",)].frozen
+    before = run(model, x)
+    out = prune_model(model, PruneConfig(ratio=0.5, balance=False))
+    onnx.checker.check_model(out.model, full_check=True)
+    assert weight_shape(out.model, "enc")[0] == 4 and weight_shape(out.model, "up") == [4, 4, 2, 2]
+    np.testing.assert_allclose(run(out.model, x), before, rtol=0, atol=2e-6)
+
+
+def test_a_grouped_conv_transpose_freezes_the_channels():
+    net = Net()
+    c = net.conv("x", 3, 8, "enc")
+    net.node("ConvTranspose", [c, net.w("up.w", 8, 2, 2, 2)], ["up"], "up", strides=[2, 2], group=2)
+    model = net.model([("up", ["N", 4, 12, 12])])
+    assert any("grouped ConvTranspose" in r for r in groups_by_sources(model)[("enc",)].frozen)

@@ -426,6 +426,24 @@ class GraphAnalysis:
             self.freeze(info, f"{label} is a grouped conv (group={group}, {cin_per_group} input channels per "
                               "group): its channels go in blocks")
 
+    def _op_ConvTranspose(self, node: ir.Node) -> None:
+        """A ConvTranspose reading tracked channels (a decoder's upsampling): W is [C_in, C_out/group,
+        k...], so its input channels are W's axis 0 and are cut with them. It produces no group of its
+        own, and reconstruction does not refit it."""
+        x, w = node.inputs[0], node.inputs[1]
+        info = self.info.get(x.name) if x is not None else None
+        if info is None:
+            return
+        label = f"ConvTranspose {node_label(node)}"
+        if const_array(w) is None:
+            self.freeze(info, f"{label}: W is not a constant")
+        elif info.axis != 1 or info.inner != 1:
+            self.freeze(info, f"{label} reads a tensor whose channels are not on axis 1")
+        elif int(_attr(node, "group", 1)) != 1:
+            self.freeze(info, f"{label} is a grouped ConvTranspose: its channels go in blocks")
+        elif self.tie_weight_input(w, 0, info, node):
+            self.slices.append(Slice(node, 1, 0, x.name))
+
     def _op_Gemm(self, node: ir.Node) -> None:
         a, bval = node.inputs[0], node.inputs[1]
         c = node.inputs[2] if len(node.inputs) > 2 else None
