@@ -43,5 +43,27 @@ def ensure_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, 
         raise OpsetUpgradeError(
             f"the model is opset {current} and this format needs opset {target}, but onnx's version "
             f"converter cannot upgrade it ({reason})") from None
+    if current < 11 <= target:
+        _keep_resize_10_semantics(converted.graph)
     converted.ir_version = max(converted.ir_version, min_ir_version(target))
     return converted, f"opset upgraded {current} -> {target}"
+
+
+def _keep_resize_10_semantics(graph: onnx.GraphProto) -> None:
+    """onnx's Resize 10 -> 11 adapter leaves coordinate_transformation_mode unset, and opset 11's default
+    (half_pixel) is not what Upsample and Resize 10 compute (asymmetric, nearest rounding down): a
+    PyTorch opset-9 U-Net's bilinear upsampling moved its output to cosine 0.995. Every Resize of a
+    graph converted from below opset 11 gets the old semantics written out."""
+    for node in graph.node:
+        if node.op_type == "Resize" and node.domain in ("", "ai.onnx"):
+            names = {a.name for a in node.attribute}
+            if "coordinate_transformation_mode" not in names:
+                node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+            mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
+            if mode == b"nearest" and "nearest_mode" not in names:
+                node.attribute.append(onnx.helper.make_attribute("nearest_mode", "floor"))
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _keep_resize_10_semantics(attr.g)
+            for sub in attr.graphs:
+                _keep_resize_10_semantics(sub)
