@@ -38,3 +38,19 @@ def test_upsampling_computes_the_same_after_the_upgrade(mode, opset):
     x = {"x": np.random.default_rng(1).standard_normal((1, 3, 7, 9)).astype(np.float32)}
     before, after = (make_session(m).run(None, x)[0] for m in (model, upgraded))
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-6)
+
+
+def test_a_weight_pass_refuses_an_upgrade_that_changes_the_numbers(monkeypatch):
+    """Should another adapter change what a model computes, the pass says so and leaves the model as it
+    was, instead of quantizing a different model and reporting the difference as quantization error."""
+    import edgeopt.quant.opset as opset
+    from edgeopt.passes import PassContext, get_pass
+
+    cls = get_pass("quantize_weights")
+    model = upsampling_model("linear", 9)
+    kept = cls().apply(model, cls.Params(min_elements=1), PassContext())
+    assert kept.modified and "opset upgraded 9 -> 13" in kept.summary
+    monkeypatch.setattr(opset, "_keep_resize_10_semantics", lambda graph: None)  # the adapter as onnx ships it
+    refused = cls().apply(model, cls.Params(min_elements=1), PassContext())
+    assert not refused.modified and refused.model is model
+    assert "onnx's version converter gives a model that computes something else" in refused.summary

@@ -12,7 +12,6 @@ from edgeopt.native_stderr import captured_stderr
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, param, register
 
 ONNXSIM_META = "onnxsim."
-PROBE_TOLERANCE = 4e-3  # of the output scale: catches a wrong fold, not float16 rounding (pipeline is stricter)
 ASIDE_MIN_ELEMENTS = 4096  # float weights this big that no foldable node reads skip onnxsim's marshalling
 
 
@@ -122,20 +121,17 @@ def _broken(model: onnx.ModelProto, light: onnx.ModelProto, simplified: onnx.Mod
     Both run as the light models onnxsim saw, the set-aside weights fed as inputs: two sessions of
     the full model would each copy (and pre-pack) every weight, 4 GB more on a 2 GB model.
     """
-    import numpy as np
     from onnx import numpy_helper
 
-    from edgeopt.verify.inputs import random_inputs
+    from edgeopt.verify.probe import probe_inputs, same_outputs
     from edgeopt.verify.runtime import make_session, ort_message
-    from edgeopt.verify.feeds import take
 
     try:
         session = make_session(simplified, threads=1)
     except Exception as exc:  # onnxruntime raises its own types
         return f"gave a model onnxruntime rejects ({ort_message(exc)})"
     try:
-        feeds = take(ctx.data, 1) if ctx.data is not None else random_inputs(
-            model, ctx.input_shapes, ctx.seed, free_batch=1).feeds
+        feeds = probe_inputs(model, ctx)
         feeds = {**feeds, **{name: numpy_helper.to_array(t) for name, t in aside.tensors.items()}}
         reference = make_session(light, threads=1)
         expected = reference.run(None, _known(reference, feeds))
@@ -145,11 +141,8 @@ def _broken(model: onnx.ModelProto, light: onnx.ModelProto, simplified: onnx.Mod
         got = session.run(None, _known(session, feeds))
     except Exception as exc:
         return f"gave a model that fails in onnxruntime ({ort_message(exc)})"
-    for a, b in zip(expected, got):
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        scale = max(1.0, float(np.abs(a[np.isfinite(a)]).max(initial=0)))
-        if a.shape != b.shape or float(np.nanmax(np.abs(a - b), initial=0)) > PROBE_TOLERANCE * scale:
-            return "gave a model that computes something else on a probe input"
+    if not same_outputs(expected, got):
+        return "gave a model that computes something else on a probe input"
     return None
 
 

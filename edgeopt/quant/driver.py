@@ -29,6 +29,7 @@ from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
 from edgeopt.quant.weights import WeightSlot, find_weights
+from edgeopt.verify.probe import changed_on_probe
 
 
 @dataclass
@@ -86,6 +87,13 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
     except OpsetUpgradeError as exc:
         return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
                           summary=f"left unchanged: {exc}")
+    if upgrade_note:  # onnx's adapters have changed what a model computes (Resize 10 -> 11): check first
+        changed = changed_on_probe(model, work, ctx)
+        if changed:
+            reason = (f"onnx's version converter gives a model that {changed} ({upgrade_note}); "
+                      f"upgrade the model to opset {target_opset} yourself first")
+            return PassResult(model, False, [NodeNote("(model)", "", "skipped", reason)],
+                              summary=f"left unchanged: {reason}")
     fold_note = ""
     if params.fold_batchnorm and fold is not None:  # fold: the fold_batchnorm pass, handed in by the caller
         work, fold_note = fold_batchnorm_first(work, ctx, fold)

@@ -1,0 +1,53 @@
+"""One probe sample through a model and through a rewrite of it that must compute the same (onnxsim's
+simplification, onnx's opset conversion): a cheap check that catches a wrong rewrite before the pass
+builds on it and the stage's fidelity blames the pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgeopt.pass_types import PassContext
+
+TOLERANCE = 4e-3  # of the output scale: catches a wrong rewrite, not float16 rounding (the pipeline is stricter)
+
+
+def probe_inputs(model: onnx.ModelProto, ctx: PassContext) -> dict[str, np.ndarray]:
+    """The calibration data's first sample, else seeded noise at batch 1."""
+    from edgeopt.graph.shapes import graph_inputs
+    from edgeopt.verify.feeds import take
+    from edgeopt.verify.inputs import random_inputs
+
+    if ctx.data is not None:
+        return take(ctx.data, 1)
+    shapes = {vi.name: ctx.input_shapes.get(vi.name) or [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
+              for vi in graph_inputs(model)}  # the pipeline resolves every input; a bare PassContext may not
+    return random_inputs(model, shapes, ctx.seed, free_batch=1).feeds
+
+
+def same_outputs(expected: list, got: list, tolerance: float = TOLERANCE) -> bool:
+    for a, b in zip(expected, got):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        scale = max(1.0, float(np.abs(a[np.isfinite(a)]).max(initial=0)))
+        if a.shape != b.shape or float(np.nanmax(np.abs(a - b), initial=0)) > tolerance * scale:
+            return False
+    return len(expected) == len(got)
+
+
+def changed_on_probe(reference: onnx.ModelProto, candidate: onnx.ModelProto, ctx: PassContext) -> str | None:
+    """Why `candidate` does not compute what `reference` computes on the probe, or None (also when the
+    probe cannot run at all: the pipeline's verification decides then)."""
+    from edgeopt.verify.runtime import make_session, ort_message
+
+    try:
+        feeds = probe_inputs(reference, ctx)
+        expected = make_session(reference, threads=1).run(None, feeds)
+    except Exception:  # noqa: BLE001 - shapes unknown or the reference does not run: no probe
+        return None
+    try:
+        got = make_session(candidate, threads=1).run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own types
+        return f"fails in onnxruntime ({ort_message(exc)})"
+    if not same_outputs(expected, got):
+        return "computes something else on a probe input"
+    return None
