@@ -339,16 +339,16 @@ def test_gather_table_is_quantized_per_row():
 
 
 def test_auto_scales_fall_back_to_float32_when_opset_19_is_out_of_reach(monkeypatch):
-    import edgeopt.quant.driver as driver
-    real = driver.ensure_opset
+    import edgeopt.quant.opset as opset
+    real = opset.ensure_opset
 
     def no_19(model, target):
         if target >= 19:
-            raise driver.OpsetUpgradeError("the model is opset 13 and this format needs opset 19, but onnx's "
+            raise opset.OpsetUpgradeError("the model is opset 13 and this format needs opset 19, but onnx's "
                                            "version converter cannot upgrade it (no adapter)")
         return real(model, target)
 
-    monkeypatch.setattr(driver, "ensure_opset", no_19)
+    monkeypatch.setattr(opset, "ensure_opset", no_19)
     model = toy_model(opset=13)
     result = apply(model, bits=8, min_elements=0, scale_dtype="auto")
     assert result.modified and result.model.opset_import[0].version == 13

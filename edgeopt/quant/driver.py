@@ -22,14 +22,13 @@ from edgeopt.progress import tracked
 from edgeopt.quant.biascorrect import correct_slot
 from edgeopt.quant.biases import store_biases
 from edgeopt.quant.means import input_means
-from edgeopt.quant.opset import OpsetUpgradeError, ensure_opset
+from edgeopt.quant.opset import OpsetUpgradeError, verified_upgrade
 from edgeopt.quant.params import WeightPassParams
 from edgeopt.quant.prepare import fold_batchnorm_first
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import node_label
 from edgeopt.quant.weights import WeightSlot, find_weights
-from edgeopt.verify.probe import changed_on_probe
 
 
 @dataclass
@@ -57,16 +56,17 @@ def graph_opset(graph: ir.Graph) -> int:
     return graph.opset_imports.get("", 1)
 
 
-def _upgrade(model: onnx.ModelProto, target: int, preferred: int | None) -> tuple[onnx.ModelProto, str]:
+def _upgrade(model: onnx.ModelProto, target: int, preferred: int | None,
+             ctx: PassContext) -> tuple[onnx.ModelProto, str]:
     """The model at the preferred opset if it can be upgraded there, else at target (or OpsetUpgradeError)."""
     if preferred and preferred > target:
         try:
-            return ensure_opset(model, preferred)
+            return verified_upgrade(model, preferred, ctx)
         except OpsetUpgradeError as exc:
-            work, note = ensure_opset(model, target)
+            work, note = verified_upgrade(model, target, ctx)
             why = str(exc).split("(", 1)[-1].rstrip(")")
             return work, "; ".join(filter(None, [note, f"kept float32 scales: opset {preferred} not reachable ({why})"]))
-    return ensure_opset(model, target)
+    return verified_upgrade(model, target, ctx)
 
 
 def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassContext, *, target_opset: int,
@@ -83,17 +83,10 @@ def run_weight_pass(model: onnx.ModelProto, params: WeightPassParams, ctx: PassC
     a weight compress leaves float (out None) keeps its float bias too.
     """
     try:
-        work, upgrade_note = _upgrade(model, target_opset, preferred_opset)
+        work, upgrade_note = _upgrade(model, target_opset, preferred_opset, ctx)
     except OpsetUpgradeError as exc:
         return PassResult(model, False, [NodeNote("(model)", "", "skipped", str(exc))],
                           summary=f"left unchanged: {exc}")
-    if upgrade_note:  # onnx's adapters have changed what a model computes (Resize 10 -> 11): check first
-        changed = changed_on_probe(model, work, ctx)
-        if changed:
-            reason = (f"onnx's version converter gives a model that {changed} ({upgrade_note}); "
-                      f"upgrade the model to opset {target_opset} yourself first")
-            return PassResult(model, False, [NodeNote("(model)", "", "skipped", reason)],
-                              summary=f"left unchanged: {reason}")
     fold_note = ""
     if params.fold_batchnorm and fold is not None:  # fold: the fold_batchnorm pass, handed in by the caller
         work, fold_note = fold_batchnorm_first(work, ctx, fold)

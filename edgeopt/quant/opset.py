@@ -49,6 +49,21 @@ def ensure_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, 
     return converted, f"opset upgraded {current} -> {target}"
 
 
+def verified_upgrade(model: onnx.ModelProto, target: int, ctx) -> tuple[onnx.ModelProto, str]:
+    """ensure_opset, then one probe sample through both models (verify/probe.py): onnx's adapters have
+    changed what a model computes, and a pass must not build on that and report the change as its own
+    error. OpsetUpgradeError when they differ."""
+    from edgeopt.verify.probe import changed_on_probe
+
+    work, note = ensure_opset(model, target)
+    if note:
+        changed = changed_on_probe(model, work, ctx)
+        if changed:
+            raise OpsetUpgradeError(f"onnx's version converter gives a model that {changed} ({note}); "
+                                    f"upgrade the model to opset {target} yourself first")
+    return work, note
+
+
 def _keep_resize_10_semantics(graph: onnx.GraphProto) -> None:
     """onnx's Resize 10 -> 11 adapter leaves coordinate_transformation_mode unset, and opset 11's default
     (half_pixel) is not what Upsample and Resize 10 compute (asymmetric, nearest rounding down): a

@@ -15,7 +15,7 @@ import onnx
 
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.pass_types import PassContext, Rewrite
-from edgeopt.quant.opset import ensure_opset
+from edgeopt.quant.opset import verified_upgrade
 from edgeopt.quant.runtime import ort_load_error
 
 STATIC_MIN_OPSET = 13
@@ -49,13 +49,13 @@ def prepare_float(model: onnx.ModelProto, ctx: PassContext,
                   steps: Sequence[Rewrite]) -> tuple[onnx.ModelProto, list[str]]:
     """The prepared float model and what was done: opset 13, Constant weights lifted, then `steps`
     (the calling pass hands in simplify and fold_batchnorm). Raises OpsetUpgradeError when opset 13
-    is out of reach.
+    is out of reach, or when onnx's converter changes what the model computes.
 
     Each step is kept only if its result still loads in onnxruntime; a step that fails is
     reported and skipped (the model stays valid, only less prepared).
     """
     done = []
-    work, note = ensure_opset(model, STATIC_MIN_OPSET)
+    work, note = verified_upgrade(model, STATIC_MIN_OPSET, ctx)
     if note:
         done.append(note)
     lifted = to_proto(to_ir(work))
