@@ -108,13 +108,15 @@ def write_encoded(graph, slot: WeightSlot, enc: Encoded, params, figures: dict |
 @register
 class QuantizeWeights(Pass):
     name = "quantize_weights"
-    summary = "Store Conv/ConvTranspose/Gemm/MatMul/Gather weights as int8 or int4, decoded by DequantizeLinear"
+    summary = ("Store Conv/ConvTranspose/Gemm/MatMul/Gather and LSTM/GRU/RNN weights as int8 or int4, decoded "
+               "by DequantizeLinear")
     description = (
         "Weight-only quantization: each weight becomes a real low-bit initializer (int8/uint8, or INT4/UINT4 "
         "packed two per byte) plus float scales (and zero points when asymmetric), decoded in the graph by "
         "DequantizeLinear, so plain onnxruntime runs the model and the file really shrinks. Activations "
         "stay float. Granularity: one scale per tensor, per output channel, or per block of block_size "
-        "values along the reduction axis (Conv weights are viewed as (out, in*kh*kw) for blocks). "
+        "values along the reduction axis (Conv weights are viewed as (out, in*kh*kw) for blocks; an LSTM / "
+        "GRU / RNN's W and R have a channel per gate row). "
         "Per-channel needs opset 13, float16 scales 19, int4 or blocks 21: the model is upgraded with "
         "onnx's version converter, and left unchanged with the reason when it cannot be (scale_dtype auto "
         "falls back to float32 scales when only opset 19 is out of reach). Biases stay float (float16 by "

@@ -16,7 +16,8 @@ from edgeopt.graph.edit import const_array
 from edgeopt.pass_types import NodeNote
 from edgeopt.quant.select import excluded, node_label
 
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", *RECURRENT_OPS)
 
 
 @dataclass
@@ -35,24 +36,29 @@ class WeightSlot:
         return self.value.name or "?"
 
 
-def _role(node: ir.Node) -> tuple[int, int, int, bool] | str:
-    """(input index, channel axis, block axis, flatten-to-2D) or why the node has no quantizable weight."""
+def _roles(node: ir.Node) -> list[tuple[str, int, int, int, bool]] | str:
+    """Per weight input: (name, input index, channel axis, block axis, flatten-to-2D), or why the node has
+    no quantizable weight."""
     op = node.op_type
     if op == "Conv":
-        return 1, 0, 1, True
+        return [("W", 1, 0, 1, True)]
     if op == "ConvTranspose":
-        return 1, 1, 0, False
+        return [("W", 1, 1, 0, False)]
     if op == "Gemm":
         trans_b = node.attributes.get_int("transB", 0)
-        return (1, 0, 1, False) if trans_b else (1, 1, 0, False)
+        return [("W", 1, 0, 1, False) if trans_b else ("W", 1, 1, 0, False)]
     if op == "MatMul":
         if const_array(node.inputs[1]) is not None:
-            return 1, -1, -2, False
+            return [("W", 1, -1, -2, False)]
         if const_array(node.inputs[0]) is not None:
-            return 0, -2, -1, False
+            return [("W", 0, -2, -1, False)]
         return "neither MatMul input is a constant"
     if op == "Gather":
-        return 0, 0, 1, False
+        return [("W", 0, 0, 1, False)]
+    if op in RECURRENT_OPS:
+        # W [directions, gates*hidden, input] and R [directions, gates*hidden, hidden]: a channel is one
+        # gate row, reduced along the last axis (B, the biases, stays float: it is small)
+        return [("W", 1, -2, -1, False), ("R", 2, -2, -1, False)]
     return f"{op} has no weight this pass handles"
 
 
@@ -77,6 +83,23 @@ def subgraph_notes(graph: ir.Graph) -> list[NodeNote]:
     return notes
 
 
+def _unusable(label: str, value: ir.Value | None, array: np.ndarray | None,
+              min_elements: int) -> tuple[str, dict | None] | None:
+    """Why this weight input is left alone (and figures), or None."""
+    if value is None or array is None:
+        return f"{label} is not a constant initializer", None
+    if value.is_graph_input():
+        return f"{label} is also a graph input and may be fed at run time", None
+    if array.dtype != np.float32:
+        return f"{label} is {array.dtype}, only float32 weights are quantized", None
+    if array.ndim == 0:
+        return f"{label} is a scalar", None
+    if array.size < min_elements:
+        return (f"{label} has {array.size} elements < min_elements {min_elements}; small tensors stay float",
+                {"elements": int(array.size)})
+    return None
+
+
 def find_weights(graph: ir.Graph, op_types: list[str], exclude: list[str],
                  min_elements: int) -> tuple[list[WeightSlot], list[NodeNote]]:
     """The weights to quantize (one slot per tensor, however many nodes read it) and the skip notes."""
@@ -94,38 +117,25 @@ def find_weights(graph: ir.Graph, op_types: list[str], exclude: list[str],
         if pattern:
             notes.append(NodeNote(name, node.op_type, "skipped", f"excluded by {pattern!r}"))
             continue
-        role = _role(node)
-        if isinstance(role, str):
-            notes.append(NodeNote(name, node.op_type, "skipped", role))
+        roles = _roles(node)
+        if isinstance(roles, str):
+            notes.append(NodeNote(name, node.op_type, "skipped", roles))
             continue
-        index, channel_axis, block_axis, flatten = role
-        value = node.inputs[index] if index < len(node.inputs) else None
-        array = const_array(value)
-        if value is None or array is None:
-            notes.append(NodeNote(name, node.op_type, "skipped", "W is not a constant initializer"))
-            continue
-        if value.is_graph_input():
-            notes.append(NodeNote(name, node.op_type, "skipped", "W is also a graph input and may be fed at run time"))
-            continue
-        if array.dtype != np.float32:
-            notes.append(NodeNote(name, node.op_type, "skipped", f"W is {array.dtype}, only float32 weights are quantized"))
-            continue
-        if array.ndim == 0:
-            notes.append(NodeNote(name, node.op_type, "skipped", "W is a scalar"))
-            continue
-        if array.size < min_elements:
-            notes.append(NodeNote(name, node.op_type, "skipped",
-                                  f"W has {array.size} elements < min_elements {min_elements}; small tensors stay float",
-                                  {"elements": int(array.size)}))
-            continue
-        key = id(value)
-        if key not in slots:
-            shape = (array.shape[0], int(np.prod(array.shape[1:]))) if flatten and array.ndim > 2 else array.shape
-            ch = channel_axis % array.ndim
-            blk = block_axis % len(shape) if len(shape) > 1 else 0
-            slots[key] = WeightSlot(value, array, [], ch, blk, tuple(int(d) for d in shape))
-            order.append(key)
-        slots[key].nodes.append(node)
+        for label, index, channel_axis, block_axis, flatten in roles:
+            value = node.inputs[index] if index < len(node.inputs) else None
+            array = const_array(value)
+            why = _unusable(label, value, array, min_elements)
+            if why:
+                notes.append(NodeNote(name, node.op_type, "skipped", why[0], why[1] or {}))
+                continue
+            key = id(value)
+            if key not in slots:
+                shape = (array.shape[0], int(np.prod(array.shape[1:]))) if flatten and array.ndim > 2 else array.shape
+                ch = channel_axis % array.ndim
+                blk = block_axis % len(shape) if len(shape) > 1 else 0
+                slots[key] = WeightSlot(value, array, [], ch, blk, tuple(int(d) for d in shape))
+                order.append(key)
+            slots[key].nodes.append(node)
     result = []
     for key in order:
         slot = slots[key]
