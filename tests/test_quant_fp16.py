@@ -157,3 +157,28 @@ def test_float16_sessions_survive_onnxruntimes_nchwc_pass():
     child = subprocess.run([sys.executable, "-c", code, "", str(Path(__file__).parent)], capture_output=True,
                            text=True, timeout=120)
     assert child.returncode == 0 and "ran" in child.stdout, (child.returncode, child.stderr[-500:])
+
+
+def test_an_output_the_model_also_reads_inside_stays_float16_inside():
+    """BERT exports return the hidden states and read them on (classifier head): the converter's Cast to
+    float32 in front of that output left the inside reader on float32, declared float16."""
+    rng = np.random.default_rng(7)
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 8] x) => (float[2, 16] hidden, float[2, 3] logits) {
+        m = MatMul(x, W1)
+        hidden = Add(m, B1)
+        first = Gather <axis = 1> (hidden, idx)
+        logits = MatMul(hidden, W2)
+        unused = Identity(first)
+    }""")
+    for name, shape in (("W1", (8, 16)), ("B1", (16,)), ("W2", (16, 3))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(
+            rng.standard_normal(shape).astype(np.float32), name))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 1], np.int64), "idx"))
+    result = apply(model)
+    assert result.modified, result.summary
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [o.type.tensor_type.elem_type for o in result.model.graph.output] == [onnx.TensorProto.FLOAT] * 2
+    feeds = {"x": rng.standard_normal((2, 8)).astype(np.float32)}
+    for ref, got in zip(*(make_session(m).run(None, feeds) for m in (model, result.model))):
+        assert 0 < np.abs(got - ref).max() < 4e-3 * np.abs(ref).max()

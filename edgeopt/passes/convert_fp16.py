@@ -57,6 +57,30 @@ def _retype_float_producers(converted: onnx.ModelProto, originals: set[str]) -> 
     return retyped
 
 
+def _read_outputs_in_float16(converted: onnx.ModelProto, blocked_ops: set[str], blocked_nodes: set[str]) -> int:
+    """A graph output that the model also reads inside (BERT's hidden states, a detector's features):
+    the converter puts a Cast to float32 in front of the output for the caller but leaves the inside
+    readers on that float32 value, while their own outputs are now declared float16 (onnxruntime: "Type
+    Error"). Readers that compute in float16 read the float16 value before the Cast again."""
+    graph = converted.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    rewired = 0
+    for output in graph.output:
+        cast = producers.get(output.name)
+        if cast is None or cast.op_type != "Cast" or any(a.name == "to" and a.i != onnx.TensorProto.FLOAT
+                                                         for a in cast.attribute):
+            continue
+        inside = cast.input[0]
+        for node in graph.node:
+            if node is cast or node.op_type in blocked_ops or node.name in blocked_nodes:
+                continue
+            for i, name in enumerate(node.input):
+                if name == output.name:
+                    node.input[i] = inside
+                    rewired += 1
+    return rewired
+
+
 def _restore_float32_constants(original: onnx.ModelProto, converted: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Weights the converter halved only to Cast back to float32 (all their readers are blocked) are
     stored in float32 again, with their original values: no double rounding, no run-time Cast, and
@@ -143,6 +167,7 @@ class ConvertFp16(Pass):
             originals = {n.name for n in model.graph.node if n.op_type in TYPE_ATTRIBUTE
                          and n.op_type not in blocked_ops and n.name not in blocked_nodes}
             _retype_float_producers(result, originals)
+            _read_outputs_in_float16(result, set(blocked_ops), set(blocked_nodes))
             result, restored = _restore_float32_constants(model, result)
         except Exception as exc:  # the converter raises assorted errors on graphs it does not handle
             reason = f"onnxconverter-common cannot convert the model: {' '.join(str(exc).split())[:200]}"
