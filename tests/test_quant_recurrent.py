@@ -74,3 +74,20 @@ def test_a_codebook_clusters_recurrent_weights_too():
     assert result.summary.startswith("clustered 2 weights")
     before, after = (make_session(m).run(None, FEED)[0] for m in (model, result.model))
     assert 0.99 < cosine(before, after) < 1.0
+
+
+def test_bits_auto_on_latency_shares_a_recurrent_nodes_cost_between_w_and_r():
+    from edgeopt.devices import load_device
+    from edgeopt.graph.edit import to_ir
+    from edgeopt.passes.quantize_weights import _layer_costs
+    from edgeopt.profile.profiler import profile_model
+    from edgeopt.quant.weights import find_weights
+
+    model = recurrent_model("LSTM")
+    slots, _ = find_weights(to_ir(model).graph, ["LSTM"], [], 1)
+    ctx = PassContext(device=load_device("myriadx"), input_shapes={"x": [SEQ, 1, INPUT]})
+    costs = _layer_costs(model, {}, slots, "est_latency_ms", ctx)
+    node_cost = next(layer["est_latency_ms"] for layer in profile_model(model, ctx.device, ctx.input_shapes).layers
+                     if layer["name"] == "lstm")
+    w, r = (costs[s.name]["float"] for s in slots)
+    assert w + r == pytest.approx(node_cost) and w / r == pytest.approx(INPUT / HIDDEN)

@@ -232,6 +232,11 @@ def _layer_costs(prepared: onnx.ModelProto, uniform: dict, slots: list[WeightSlo
     from edgeopt.profile.profiler import profile_model  # the objective parameter asks for the device cost
 
     costs: dict[str, dict[str, float]] = {slot.name: {} for slot in slots}
+    # a node reading several weights (an LSTM's W and R) shares its cost among them by size
+    read = {}
+    for slot in slots:
+        for n in slot.nodes:
+            read[node_label(n)] = read.get(node_label(n), 0) + slot.array.size
     for cand, model in {"float": prepared, **uniform}.items():
         layers = {}
         for layer in profile_model(_label_nodes(model), ctx.device, ctx.input_shapes or None).layers:
@@ -239,7 +244,8 @@ def _layer_costs(prepared: onnx.ModelProto, uniform: dict, slots: list[WeightSlo
         for slot in slots:
             values = [layers.get(node_label(n), {}).get(key) for n in slot.nodes]
             if all(v is not None for v in values):
-                costs[slot.name][cand] = float(sum(values))
+                costs[slot.name][cand] = float(sum(v * slot.array.size / read[node_label(n)]
+                                                   for v, n in zip(values, slot.nodes)))
     return costs
 
 
