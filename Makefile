@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CORPUS := build/corpus
 
-.PHONY: demo test test-fast test-browser corpus constraints models sample-models bench clean
+.PHONY: demo test test-fast test-browser corpus constraints models sample-models exports bench clean
 
 # The venv installs exact versions from constraints.txt (pyproject keeps the ranges), so a new onnx or
 # onnxruntime release cannot turn CI red overnight. `make constraints` refreshes it on purpose.
@@ -52,6 +52,12 @@ sample-models:
 	$(PYTHON) -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r tools/requirements-train.txt
 	.venv-train/bin/python tools/train_sample_models.py
+
+# PyTorch exports of eight architectures, the ways people export them (bench/bench_exports.py); dev venv
+exports:
+	test -x .venv-train/bin/python || $(PYTHON) -m venv .venv-train
+	.venv-train/bin/pip install --quiet -r tools/requirements-train.txt
+	.venv-train/bin/python tools/export_zoo.py --out build/exports
 
 bench: $(STAMP) models
 	$(BIN)/pip install --quiet -r bench/requirements.txt
