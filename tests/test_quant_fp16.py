@@ -182,3 +182,20 @@ def test_an_output_the_model_also_reads_inside_stays_float16_inside():
     feeds = {"x": rng.standard_normal((2, 8)).astype(np.float32)}
     for ref, got in zip(*(make_session(m).run(None, feeds) for m in (model, result.model))):
         assert 0 < np.abs(got - ref).max() < 4e-3 * np.abs(ref).max()
+
+
+def test_a_size_computed_in_float16_that_breaks_the_model_leaves_it_unchanged():
+    """A dim read off the shape and passed through float (as exporters do for sizes) rounds 4097 to 4096
+    in float16: the converted model loads but cannot run. The probe says so; nothing wrong is written."""
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 4097] x) => (float[4097] y) {
+        shape = Shape(x)
+        last = Constant <value = int64[1] {1}> ()
+        size = Gather(shape, last)
+        sizef = Cast <to = 1> (size)
+        sizei = Cast <to = 7> (sizef)
+        y = Reshape(x, sizei)
+    }""")
+    result = apply(model)
+    assert not result.modified and result.model is model
+    assert "the float16 model is not usable (fails in onnxruntime" in result.summary

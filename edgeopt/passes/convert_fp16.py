@@ -15,10 +15,15 @@ from edgeopt.quant.prepare import name_nodes
 from edgeopt.quant.report import fmt_bytes
 from edgeopt.quant.runtime import ort_load_error
 from edgeopt.quant.select import excluded
+from edgeopt.verify.probe import changed_on_probe
 
 # Kept in float32 besides onnxconverter-common's own list: quantization nodes need float32 scales
 # below opset 19, and a float16 scale would change what int8 kernels onnxruntime fuses.
 ALWAYS_FLOAT32 = ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"]
+
+# Of the output scale, on one probe sample: float16 rounding stays far below; an overflow to inf, a
+# shape computed in float16 or a wrong conversion does not (the model is then left unchanged).
+FLOAT16_PROBE_TOLERANCE = 0.05
 
 # Operators whose output element type is an attribute: the converter turns every float32 value into
 # float16 but leaves these attributes at FLOAT, so a PyTorch attention's Cast(to=FLOAT) of the head
@@ -179,6 +184,8 @@ class ConvertFp16(Pass):
                 onnx.checker.check_model(result)
             except Exception as exc:
                 problem = f"fails the ONNX checker: {' '.join(str(exc).split())[:200]}"
+        if problem is None:  # overflow past 65504, shapes computed in float16: garbage, not rounding
+            problem = changed_on_probe(original, result, ctx, tolerance=FLOAT16_PROBE_TOLERANCE)
         if problem:
             reason = f"the float16 model is not usable ({problem})"
             return PassResult(original, False, [NodeNote("(model)", "", "skipped", reason)],

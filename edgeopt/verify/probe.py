@@ -26,15 +26,20 @@ def probe_inputs(model: onnx.ModelProto, ctx: PassContext) -> dict[str, np.ndarr
 
 
 def same_outputs(expected: list, got: list, tolerance: float = TOLERANCE) -> bool:
+    """Same shapes, non-finite values in the same places, and finite ones within tolerance x the scale."""
     for a, b in zip(expected, got):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        scale = max(1.0, float(np.abs(a[np.isfinite(a)]).max(initial=0)))
-        if a.shape != b.shape or float(np.nanmax(np.abs(a - b), initial=0)) > tolerance * scale:
+        if a.shape != b.shape or not np.array_equal(np.isfinite(a), np.isfinite(b)):
+            return False
+        finite = np.isfinite(a)
+        scale = max(1.0, float(np.abs(a[finite]).max(initial=0)))
+        if float(np.abs(a[finite] - b[finite]).max(initial=0)) > tolerance * scale:
             return False
     return len(expected) == len(got)
 
 
-def changed_on_probe(reference: onnx.ModelProto, candidate: onnx.ModelProto, ctx: PassContext) -> str | None:
+def changed_on_probe(reference: onnx.ModelProto, candidate: onnx.ModelProto, ctx: PassContext,
+                     tolerance: float = TOLERANCE) -> str | None:
     """Why `candidate` does not compute what `reference` computes on the probe, or None (also when the
     probe cannot run at all: the pipeline's verification decides then)."""
     from edgeopt.verify.runtime import make_session, ort_message
@@ -48,6 +53,6 @@ def changed_on_probe(reference: onnx.ModelProto, candidate: onnx.ModelProto, ctx
         got = make_session(candidate, threads=1).run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own types
         return f"fails in onnxruntime ({ort_message(exc)})"
-    if not same_outputs(expected, got):
+    if not same_outputs(expected, got, tolerance):
         return "computes something else on a probe input"
     return None
