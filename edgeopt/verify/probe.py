@@ -25,21 +25,27 @@ def probe_inputs(model: onnx.ModelProto, ctx: PassContext) -> dict[str, np.ndarr
     return random_inputs(model, shapes, ctx.seed, free_batch=1).feeds
 
 
-def same_outputs(expected: list, got: list, tolerance: float = TOLERANCE) -> bool:
-    """Same shapes, non-finite values in the same places, and finite ones within tolerance x the scale."""
+def same_outputs(expected: list, got: list, tolerance: float = TOLERANCE, by: str = "max_abs") -> bool:
+    """Same shapes, non-finite values in the same places, and the finite ones within tolerance: of the
+    output scale per element (by="max_abs", for rewrites that must not change the numbers), or as the
+    relative L2 error of each output (by="rel_l2", for lossy rewrites: a few flipped pixels of a
+    step-like output pass, a wrong model does not)."""
     for a, b in zip(expected, got):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if a.shape != b.shape or not np.array_equal(np.isfinite(a), np.isfinite(b)):
             return False
         finite = np.isfinite(a)
-        scale = max(1.0, float(np.abs(a[finite]).max(initial=0)))
-        if float(np.abs(a[finite] - b[finite]).max(initial=0)) > tolerance * scale:
+        diff = a[finite] - b[finite]
+        if by == "rel_l2":
+            if float(np.linalg.norm(diff)) > tolerance * max(float(np.linalg.norm(a[finite])), 1e-12):
+                return False
+        elif float(np.abs(diff).max(initial=0)) > tolerance * max(1.0, float(np.abs(a[finite]).max(initial=0))):
             return False
     return len(expected) == len(got)
 
 
 def changed_on_probe(reference: onnx.ModelProto, candidate: onnx.ModelProto, ctx: PassContext,
-                     tolerance: float = TOLERANCE) -> str | None:
+                     tolerance: float = TOLERANCE, by: str = "max_abs") -> str | None:
     """Why `candidate` does not compute what `reference` computes on the probe, or None (also when the
     probe cannot run at all: the pipeline's verification decides then)."""
     from edgeopt.verify.runtime import make_session, ort_message
@@ -53,6 +59,6 @@ def changed_on_probe(reference: onnx.ModelProto, candidate: onnx.ModelProto, ctx
         got = make_session(candidate, threads=1).run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own types
         return f"fails in onnxruntime ({ort_message(exc)})"
-    if not same_outputs(expected, got, tolerance):
+    if not same_outputs(expected, got, tolerance, by):
         return "computes something else on a probe input"
     return None
