@@ -14,14 +14,13 @@ TOLERANCE = 4e-3  # of the output scale: catches a wrong rewrite, not float16 ro
 
 def probe_inputs(model: onnx.ModelProto, ctx: PassContext) -> dict[str, np.ndarray]:
     """The calibration data's first sample, else seeded noise at batch 1."""
-    from edgeopt.graph.shapes import graph_inputs
+    from edgeopt.graph.shapes import resolve_input_shapes
     from edgeopt.verify.feeds import take
     from edgeopt.verify.inputs import random_inputs
 
     if ctx.data is not None:
         return take(ctx.data, 1)
-    shapes = {vi.name: ctx.input_shapes.get(vi.name) or [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
-              for vi in graph_inputs(model)}  # the pipeline resolves every input; a bare PassContext may not
+    shapes = resolve_input_shapes(model, ctx.input_shapes)  # the shape layer; UserError: no probe
     return random_inputs(model, shapes, ctx.seed, free_batch=1).feeds
 
 
@@ -46,18 +45,24 @@ def same_outputs(expected: list, got: list, tolerance: float = TOLERANCE, by: st
 
 def changed_on_probe(reference: onnx.ModelProto, candidate: onnx.ModelProto, ctx: PassContext,
                      tolerance: float = TOLERANCE, by: str = "max_abs") -> str | None:
-    """Why `candidate` does not compute what `reference` computes on the probe, or None (also when the
-    probe cannot run at all: the pipeline's verification decides then)."""
+    """Why `candidate` does not compute what `reference` computes on the probe, or None. The candidate's
+    session opens first, so a candidate onnxruntime rejects is always reported (no separate load check
+    needed); when the probe itself cannot run (shapes unknown, the reference fails) the answer is None and
+    the pipeline's verification decides."""
     from edgeopt.verify.runtime import make_session, ort_message
 
+    try:
+        session = make_session(candidate, threads=1)
+    except Exception as exc:  # onnxruntime raises its own types
+        return f"fails in onnxruntime ({ort_message(exc)})"
     try:
         feeds = probe_inputs(reference, ctx)
         expected = make_session(reference, threads=1).run(None, feeds)
     except Exception:  # noqa: BLE001 - shapes unknown or the reference does not run: no probe
         return None
     try:
-        got = make_session(candidate, threads=1).run(None, feeds)
-    except Exception as exc:  # onnxruntime raises its own types
+        got = session.run(None, feeds)
+    except Exception as exc:
         return f"fails in onnxruntime ({ort_message(exc)})"
     if not same_outputs(expected, got, tolerance, by):
         return "computes something else on a probe input"
