@@ -5,11 +5,13 @@
   whose MAC layers are not all counted exactly cannot be compared: that is a
   warning, not a failure, so a gap in the profile never fails a valid model.
 - A lossy stage whose output drifts far from the input model's (cosine below
-  WRECK_COSINE) is never silent: it gets a warning that names the pass, the
-  figure and what to try.
+  WRECK_COSINE on its worst output, each output on its own) is never silent: it
+  gets a warning that names the pass, the output, the figure and what to try.
 """
 
 from __future__ import annotations
+
+from edgeopt.verify.fidelity import worst
 
 WRECK_COSINE = 0.9
 MACS_RTOL = 1e-6
@@ -31,13 +33,20 @@ def lossless_macs_problem(label: str, before: dict, after: dict, folded_macs: in
 
 
 def wreck_warning(label: str, fidelity: dict, advice: str = "", metric: str = "cosine") -> str | None:
-    """A warning when a lossy stage's output cosine (or, with the recipe's `fidelity: {metric: top1}`,
-    its top-1 agreement) against the input model is below WRECK_COSINE."""
+    """A warning when a lossy stage's worst output cosine (or, with the recipe's `fidelity: {metric: top1}`,
+    top-1 agreement) against the input model is below WRECK_COSINE; it names that output when the model has
+    several."""
     key, check = ("top1_agreement", "min_top1_agreement") if metric == "top1" else ("cosine", "min_cosine")
-    value = (fidelity.get("vs_input") or {}).get(key)
+    vs_input = fidelity.get("vs_input") or {}
+    value = vs_input.get(key)
     if value is None or value >= WRECK_COSINE:
         return None
     hint = advice or "milder settings for this pass, or calibration data (calibration_data:)"
     what = "top-1 agreement" if key == "top1_agreement" else "cosine"
-    return (f"{label}: output {what} {value:.4f} against the input model (below {WRECK_COSINE}): the model may "
+    per = vs_input.get("outputs") or {}
+    at = worst(per, key, (fidelity.get("on") or {}).get("output")) if len(per) > 1 else None
+    output = f"output {at!r} {what}" if at is not None else f"output {what}"
+    of = f" (the worst of {len(per)} outputs)" if at is not None and not (fidelity.get("on") or {}).get("output") else ""
+    return (f"{label}: {output} {value:.4f} against the input model{of} (below {WRECK_COSINE}): the model may "
             f"be wrecked; try {hint}, and add a {check} check to the recipe so a build fails on it")
+

@@ -30,7 +30,7 @@ from edgeopt.profile.counting import MAC_OPS
 from edgeopt.recipe.load import Recipe
 from edgeopt.stage_cache import StageCache, arrays_digest, first_key, next_key
 from edgeopt.verify.check import ModelInvalid, check_model
-from edgeopt.verify.fidelity import FidelitySpec, accuracy, compare, output_scale
+from edgeopt.verify.fidelity import FIGURES, FidelitySpec, accuracy, compare, output_scale
 from edgeopt.verify.inputs import Inputs, load_data, random_inputs
 from edgeopt.verify.runtime import make_session, ort_message, run_batched, static_batch
 
@@ -129,25 +129,55 @@ def _verify(model: onnx.ModelProto, label: str, inputs: Inputs):
 
 
 def _fidelity(prev_outputs, first_outputs, outputs, labels, spec: FidelitySpec, names: list[str]) -> dict:
-    """Fidelity against the previous stage and the input, on the recipe's `fidelity:` output and metric.
-    `all_max_abs_error` (every output, against the previous stage) is what the lossless check uses."""
-    def focus(values):
-        return spec.select(names, values)
-
+    """Fidelity against the previous stage and the input, per graph output (verify.fidelity.compare): each
+    output's figures in `outputs`, the worst over the outputs the recipe's `fidelity:` looks at under the
+    old keys, `worst_output` by its metric. `all_max_abs_error` (every output, against the previous stage) is
+    what the lossless check uses."""
     per_position = spec.metric == "top1"
-    vs_prev = compare(focus(prev_outputs), focus(outputs), per_position)
-    vs_input = compare(focus(first_outputs), focus(outputs), per_position)
-    every = compare(prev_outputs, outputs) if spec.output else vs_prev
-    fid = {k: vs_prev.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
-    fid["accuracy"] = accuracy(outputs, labels)
-    fid["vs_input"] = {k: vs_input.get(k) for k in ("cosine", "max_abs_error", "top1_agreement")}
+    vs_prev = compare(prev_outputs, outputs, per_position, names, spec.output, spec.metric, labels)
+    vs_input = compare(first_outputs, outputs, per_position, names, spec.output, spec.metric)
+    fid = {k: vs_prev.get(k) for k in FIGURES}
+    fid["accuracy"] = accuracy(outputs, labels, names, spec.output)
+    fid["worst_output"] = vs_prev.get("worst_output")
+    fid["outputs"] = {n: _figures(f) for n, f in (vs_prev.get("outputs") or {}).items()}
+    fid["vs_input"] = {**{k: vs_input.get(k) for k in FIGURES}, "worst_output": vs_input.get("worst_output"),
+                       "outputs": {n: _figures(f) for n, f in (vs_input.get("outputs") or {}).items()}}
     if spec.output or spec.metric != "cosine":
         fid["on"] = {"output": spec.output, "metric": spec.metric}
-    fid["all_max_abs_error"] = every.get("max_abs_error")
-    problem = every.get("problem") or vs_prev.get("problem")
+    errors = [f.get("max_abs_error") for f in (vs_prev.get("outputs") or {}).values()]
+    fid["all_max_abs_error"] = None if not errors or None in errors else max(errors)
+    problem = vs_prev.get("problem") or vs_input.get("problem")
     if problem:
         fid["problem"] = problem
     return fid
+
+
+def _figures(per_output: dict) -> dict:
+    """One output's figures for the JSON: accuracy only where it applies."""
+    return {k: v for k, v in per_output.items() if k in FIGURES or (k == "accuracy" and v is not None)}
+
+
+def _input_fidelity(outputs, labels, names: list[str], spec: FidelitySpec) -> dict:
+    """The input stage against itself: every figure exact, accuracy per output where it applies."""
+    same = compare(outputs, outputs, spec.metric == "top1", names, spec.output, spec.metric, labels)
+    per = {n: {**_figures(f), "cosine": 1.0, "max_abs_error": 0.0} for n, f in same["outputs"].items()}
+    top1 = 1.0 if any(f.get("top1_agreement") is not None for f in per.values()) else None
+    return {"cosine": 1.0, "max_abs_error": 0.0, "top1_agreement": top1,
+            "accuracy": accuracy(outputs, labels, names, spec.output),
+            "worst_output": spec.output or (names[0] if names else None), "outputs": per}
+
+
+def _lossless_problem(label: str, prev_outputs, fid: dict, names: list[str], tolerance: float) -> str | None:
+    """Each output of a lossless stage within `tolerance` of its own scale (a score map next to a box map
+    100x its size is held to its own rounding, not the box map's)."""
+    for name, prev in zip(names, prev_outputs):
+        error = fid["outputs"][name]["max_abs_error"]
+        limit = tolerance * output_scale([prev])
+        if error > limit:
+            where = f" on output {name!r}" if len(names) > 1 else ""
+            return (f"{label} is lossless but its outputs diverged: max abs error {error:.3g}{where} > {limit:.3g} "
+                    f"({tolerance:g} of the output scale)")
+    return None
 
 
 def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
@@ -200,8 +230,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     except Exception as exc:
         raise UserError(f"{recipe.model}: onnxruntime cannot run the input model: {ort_message(exc)}") from None
     record["measured_latency_ms"] = _measure(session, model, inputs, options.measure)
-    record["fidelity"] = {"cosine": 1.0, "max_abs_error": 0.0, "top1_agreement": 1.0,
-                          "accuracy": accuracy(first_outputs, inputs.labels)}
+    record["fidelity"] = _input_fidelity(first_outputs, inputs.labels, output_names, recipe.fidelity)
     del session
     records = [record]
     # Data-driven passes fit on calibration_data when the recipe has it, so `data` stays held out.
@@ -253,12 +282,9 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         if fid.get("problem"):
             raise VerificationError(f"{label}: {fid['problem']}")
         if cls.lossless:
-            tolerance = lossless_tolerance(result.model)
-            limit = tolerance * output_scale(prev_outputs)
-            if fid["all_max_abs_error"] > limit:
-                raise VerificationError(
-                    f"{label} is lossless but its outputs diverged: max abs error "
-                    f"{fid['all_max_abs_error']:.3g} > {limit:.3g} ({tolerance:g} of the output scale)")
+            problem = _lossless_problem(label, prev_outputs, fid, output_names, lossless_tolerance(result.model))
+            if problem:
+                raise VerificationError(problem)
         record = {"stage": len(records), "pass": spec.name, "params": spec.raw_params}
         last_layers = {}
         record.update(_profile_record(result.model, devices, shapes, inputs.feeds,

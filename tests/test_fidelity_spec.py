@@ -59,15 +59,24 @@ def test_named_output_and_top1_per_position(tmp_path, monkeypatch, write_recipe)
     fid = stage["fidelity"]
     assert fid["on"] == {"output": "scores", "metric": "top1"}
     assert fid["vs_input"]["cosine"] > 0.999999 and fid["vs_input"]["top1_agreement"] == 1.0
-    assert stage["warnings"] == []
+    # the named output only: aux's wreck counts nowhere, though its figures are in the document
+    assert fid["vs_input"]["worst_output"] == "scores"
+    assert fid["vs_input"]["outputs"]["aux"]["cosine"] < -0.999999
+    assert [c.get("output") for c in json.loads(result.stdout)["checks"]] == ["scores", "scores"]
+    assert stage["warnings"] == []  # no wreck warning
 
 
 def test_without_it_every_output_counts(tmp_path, monkeypatch, write_recipe):
     result = _run(tmp_path, monkeypatch, write_recipe, None, {"min_cosine": 0.9})
-    assert result.exit_code == 1  # aux dominates the joint cosine, which goes negative
+    assert result.exit_code == 1  # the worst output (aux, negated) is what the check reads
     doc = json.loads(result.stdout)
-    assert doc["stages"][-1]["fidelity"]["vs_input"]["cosine"] < -0.9
-    assert "output cosine" in doc["stages"][-1]["warnings"][0]
+    vs_input = doc["stages"][-1]["fidelity"]["vs_input"]
+    assert vs_input["cosine"] == vs_input["outputs"]["aux"]["cosine"] < -0.999999
+    assert vs_input["outputs"]["scores"]["cosine"] > 0.999999 and vs_input["worst_output"] == "aux"
+    assert doc["checks"][0]["output"] == "aux"
+    assert "check min_cosine failed" in result.stderr and "on output 'aux'" in result.stderr
+    assert doc["stages"][-1]["warnings"][0].startswith(
+        "pass test_negates_aux (passes[0]): output 'aux' cosine -1.0000 against the input model (the worst of 2 outputs)")
 
 
 def test_bad_fidelity_is_one_line_exit_2(tmp_path, monkeypatch, write_recipe):

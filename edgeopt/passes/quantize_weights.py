@@ -403,7 +403,9 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
         "fidelity_on": {"output": budget.spec.output if budget.spec else None,
                         "metric": budget.spec.metric if budget.spec else "cosine"},
         "budget": budget.describe(), "search": extra.get("fidelity"),
-        "written": {k: written.get(k) for k in ("score", "cosine", "top1_agreement", "max_abs_error", "accuracy")},
+        "written": {**{k: written.get(k) for k in ("score", "cosine", "top1_agreement", "max_abs_error", "accuracy",
+                                                   "worst_output")},
+                    "outputs": {n: f["cosine"] for n, f in written["outputs"].items()}},  # cosine per output
         "baseline_accuracy": meter.baseline_accuracy}))
     return result
 

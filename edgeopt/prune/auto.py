@@ -83,7 +83,7 @@ class AutoResult:
     at_target: Point  # the point that met (or came nearest) the target
     rivals: list[Point] = dataclasses.field(default_factory=list)  # other allocations verified at the target
     evaluations: int = 0  # whole-network measurements (scan included)
-    fidelity_on: str = "all outputs, metric cosine"
+    fidelity_on: str = "every output (the worst), metric cosine"
 
     @property
     def outcome(self) -> PruneOutcome:

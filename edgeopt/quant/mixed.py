@@ -2,8 +2,8 @@
 
 1. Sensitivity: each layer alone in each candidate format (the rest float), one
    probe run each (quant/probe.py: one session, weights fed as inputs); the loss
-   is 1 - cosine of the budget's output (the recipe's fidelity output; all outputs without one) against
-   the float outputs on a few samples.
+   is 1 - cosine of the budget's output (the recipe's fidelity output; without one, the output the layer
+   hurts most, each output on its own) against the float outputs on a few samples.
    float16's loss is below what a few samples resolve (2^-11 relative rounding):
    it is int8's measured loss scaled by the ratio of their weight error energies.
 2. Per layer, the moves float -> ... -> cheapest form along the lower convex hull
@@ -30,8 +30,8 @@ from typing import Callable
 import numpy as np
 
 from edgeopt.progress import steps
-from edgeopt.verify.budget import FidelityBudget, Meter, spec_or_default
-from edgeopt.verify.fidelity import FidelitySpec
+from edgeopt.verify.budget import FidelityBudget, Meter, accuracy_drop, spec_or_default
+from edgeopt.verify.fidelity import Cosines, FidelitySpec
 
 FLOAT = "float"
 CANDIDATES = ("float", "float16", "int8", "int4_block", "int4")  # in falling bytes
@@ -151,32 +151,17 @@ def assignment(layers: list[Layer], taken: list[Move]) -> dict[str, str]:
     return choice
 
 
-class Cosine:
-    """1 - cosine of outputs against one reference, with the reference flattened once."""
-
-    def __init__(self, reference: list[np.ndarray]):
-        self.ref = np.concatenate([np.asarray(o, np.float64).ravel() for o in reference])
-        self.norm = float(np.linalg.norm(self.ref))
-
-    def __call__(self, outputs: list[np.ndarray]) -> float:
-        """The cosine (0 for outputs that are not finite or have another size)."""
-        out = np.concatenate([np.asarray(o, np.float64).ravel() for o in outputs])
-        if out.shape != self.ref.shape or not np.all(np.isfinite(out)):
-            return 0.0
-        denom = self.norm * float(np.linalg.norm(out))
-        return float(np.dot(self.ref, out) / denom) if denom > 0 else float(np.array_equal(self.ref, out))
-
-
 def measure(layers: list[Layer], originals: dict[str, np.ndarray], probe_run: Callable[[dict], list],
             limit: float | None = None, focus: Callable[[list], list] = lambda outputs: outputs) -> None:
     """Fill each layer's loss per candidate: integer formats measured alone (widest first), float16 scaled
     from int8. The loss is 1 - cosine of the budget's output (`focus` picks it from all outputs). A layer
     whose wider format alone already costs more than `limit` (the whole budget) is not measured in
-    narrower ones: no search could take them."""
-    cosine = Cosine(focus(probe_run({})))
+    narrower ones: no search could take them. Each output counts on its own: the loss is that of the
+    output this layer hurts most (a score head next to a box head of 100x its norm)."""
+    cosines = Cosines(focus(probe_run({})))
 
     def loss(name: str, decoded: np.ndarray) -> float:
-        return 1.0 - cosine(focus(probe_run({name: decoded})))
+        return 1.0 - cosines.worst(focus(probe_run({name: decoded})))
 
     with steps("bits auto: layer sensitivity", len(layers)) as advance:
         for layer in layers:
@@ -223,10 +208,9 @@ def search(layers: list[Layer], originals: dict[str, np.ndarray], probe_run: Cal
     def check(taken: list[Move]) -> tuple[bool, dict]:
         choice = assignment(layers, taken)
         m = meter(verify_run({n: by_name[n].decoded[c] for n, c in choice.items() if c != FLOAT}))
-        fid = {k: m[k] for k in ("cosine", "score", "top1_agreement", "max_abs_error")}
+        fid = {k: m[k] for k in ("cosine", "score", "top1_agreement", "max_abs_error", "worst_output")}
         if budget.by_accuracy:
-            acc = m["accuracy"]
-            fid.update(accuracy=acc, accuracy_drop=None if acc is None or ref_acc is None else ref_acc - acc)
+            fid.update(accuracy=m["accuracy"], accuracy_drop=accuracy_drop(m, ref_acc))
         ok = shared.met(m, ref_acc)
         trail.append((len(taken), ok))
         return ok, fid

@@ -15,6 +15,22 @@ def _flatten(stage: dict) -> dict:
     return row
 
 
+def _per_output(doc: dict) -> list[str]:
+    """For a model with several outputs: each lossy stage's cosine per output against the input model (the
+    table's cosine columns show the worst output's)."""
+    lines = []
+    for s in doc["stages"][1:]:
+        vs_input = (s.get("fidelity") or {}).get("vs_input") or {}
+        per = vs_input.get("outputs") or {}
+        if len(per) < 2:
+            continue
+        worst = vs_input.get("worst_output")
+        parts = [f"{name} {fig['cosine']:.6f}" + (" (worst)" if name == worst else "")
+                 for name, fig in per.items() if fig.get("cosine") is not None]
+        lines.append(f"  {s['pass']}: cosine per output vs input: " + ", ".join(parts))
+    return lines
+
+
 def _device_label(device) -> str:
     if not device:
         return "none"
@@ -80,14 +96,18 @@ def run_tables(doc: dict) -> list[Table]:
             Column("accuracy", "accuracy", fixed(4), priority=1),
         ],
         rows=rows,
-        footer=[f"  {s['pass']}: {s['summary']}" for s in doc["stages"][1:] if s.get("summary")] + _deltas(doc),
+        footer=[f"  {s['pass']}: {s['summary']}" for s in doc["stages"][1:] if s.get("summary")] + _deltas(doc)
+        + _per_output(doc),
     )
     tables = [stages]
     if doc.get("checks"):
         tables.append(Table(
             title="checks",
             columns=[Column("name", "check", justify="left"), Column("limit", "limit", plain),
-                     Column("value", "value", plain), Column("ok", "ok", plain)],
+                     Column("value", "value", plain),
+                     *([Column("output", "output", plain, justify="left")]
+                       if any(c.get("output") for c in doc["checks"]) else []),
+                     Column("ok", "ok", plain)],
             rows=doc["checks"],
         ))
     return tables

@@ -2,7 +2,8 @@
 
     est_latency_ms@DEVICE, est_energy_mj@DEVICE   the profiler's estimates (no @: the recipe's first device)
     weight_bytes, macs, params_count, peak_activation_bytes
-    accuracy (needs `data:` with labels), cosine, top1_agreement, max_abs_error (against the input model)
+    accuracy (needs `data:` with labels), cosine, top1_agreement, max_abs_error (against the input model;
+        of the worst output, or the recipe's fidelity.output: verify/fidelity.py)
     measured_latency_ms                            onnxruntime on this machine (turns measurement on)
 """
 
