@@ -7,6 +7,8 @@
 - A lossy stage whose output drifts far from the input model's (cosine below
   WRECK_COSINE on its worst output, each output on its own) is never silent: it
   gets a warning that names the pass, the output, the figure and what to try.
+- A lossy stage verified without `data:` says that its figures come from random
+  inputs and say nothing about accuracy.
 """
 
 from __future__ import annotations
@@ -50,3 +52,11 @@ def wreck_warning(label: str, fidelity: dict, advice: str = "", metric: str = "c
     return (f"{label}: {output} {value:.4f} against the input model{of} (below {WRECK_COSINE}): the model may "
             f"be wrecked; try {hint}, and add a {check} check to the recipe so a build fails on it")
 
+
+def random_input_warning(label: str, samples: int, distributions: dict | None = None) -> str:
+    """What a lossy stage's figures mean without `data:`: the outputs' drift on made-up inputs, not accuracy."""
+    drawn = ", ".join(f"{name} {d.describe()}" for name, d in (distributions or {}).items()) or "standard normal"
+    return (f"{label}: fidelity measured on {samples} samples of seeded random inputs ({drawn}), not on real "
+            "data: it says nothing about accuracy (a pass can keep random inputs' outputs and still break real "
+            "ones); give the recipe `data:` (an .npz with one array per model input, plus `labels` for "
+            "accuracy), or at least `random_inputs:` that match your preprocessing")

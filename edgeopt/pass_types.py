@@ -57,6 +57,7 @@ class PassContext:
     device: Any = None  # the recipe's first Device; only for parameters that ask (round_to: device)
     seed: int = 0
     fidelity: Any = None  # the recipe's FidelitySpec (output and metric that budgets look at); None: every output, cosine
+    random_inputs: dict | None = None  # the recipe's random_inputs ({name: InputDistribution}): how to draw inputs without data
 
 
 @dataclass

@@ -16,22 +16,24 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from edgeopt import __version__
 from edgeopt.devices import calibration_warning, load_device
 from edgeopt.checks import describe_failure, evaluate_checks
 from edgeopt.errors import CheckFailed, UserError, VerificationError
 from edgeopt.graph.io import read_model, save_model
-from edgeopt.graph.shapes import data_dims, fix_input_shapes, refresh_shapes, resolve_input_shapes
-from edgeopt.invariants import lossless_macs_problem, wreck_warning
+from edgeopt.graph.shapes import data_dims, fix_input_shapes, graph_inputs, refresh_shapes, resolve_input_shapes
+from edgeopt.invariants import lossless_macs_problem, random_input_warning, wreck_warning
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.profile import measure_latency, profile_on_devices
 from edgeopt.profile.counting import MAC_OPS
 from edgeopt.recipe.load import Recipe
 from edgeopt.stage_cache import StageCache, arrays_digest, first_key, next_key
+from edgeopt.recipe.values import did_you_mean
 from edgeopt.verify.check import ModelInvalid, check_model
 from edgeopt.verify.fidelity import FIGURES, FidelitySpec, accuracy, compare, output_scale
-from edgeopt.verify.inputs import Inputs, load_data, random_inputs
+from edgeopt.verify.inputs import Inputs, distribution_problem, load_data, random_inputs
 from edgeopt.verify.runtime import make_session, ort_message, run_batched, static_batch
 
 LOSSLESS_TOLERANCE = 1e-4  # max abs error relative to the output scale: float32 rounding (DESIGN.md)
@@ -180,6 +182,20 @@ def _lossless_problem(label: str, prev_outputs, fid: dict, names: list[str], tol
     return None
 
 
+def _check_random_inputs(recipe: Recipe, model: onnx.ModelProto) -> None:
+    """The recipe's random_inputs name inputs of the model, with distributions their types can take."""
+    inputs = {vi.name: vi for vi in graph_inputs(model)}
+    for name, dist in recipe.random_inputs.items():
+        where = f"{recipe.path}: random_inputs.{name}"
+        if name not in inputs:
+            raise UserError(f"{where}: {name!r} is not an input of {recipe.model.name}{did_you_mean(name, inputs)}; "
+                            f"its inputs are {list(inputs)}")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(inputs[name].type.tensor_type.elem_type))
+        problem = distribution_problem(dist, dtype)
+        if problem:
+            raise UserError(f"{where}: {problem}")
+
+
 def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     """Run the recipe and return the report document (CONTRACT: JSON output).
 
@@ -207,6 +223,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     if recipe.fidelity.output is not None and recipe.fidelity.output not in output_names:
         raise UserError(f"{recipe.path}: fidelity.output: {recipe.fidelity.output!r} is not an output of "
                         f"{recipe.model.name}; its outputs are {output_names}")
+    _check_random_inputs(recipe, model)
     overrides = {**recipe.input_shapes, **options.input_shapes}
     data = load_data(recipe.data, model) if recipe.data else None
     shapes = resolve_input_shapes(model, overrides, data.feeds if data else None)
@@ -222,7 +239,8 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         inputs = data
     else:
         free_batch = int(max(2, min(8, VERIFY_MACS_BUDGET // max(record.get("macs") or 1, 1))))
-        inputs = random_inputs(model, shapes, recipe.seed, free_batch=free_batch)
+        inputs = random_inputs(model, shapes, recipe.seed, free_batch=free_batch,
+                               distributions=recipe.random_inputs, fill_fixed_batch=True)
     log(f"[0/{len(recipe.passes)}] input {recipe.model.name}: verifying on {inputs.batch} samples of {inputs.source}")
     try:
         session = make_session(model, threads=1)
@@ -245,13 +263,15 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
     ctx = PassContext(data=calibration.feeds if calibration else None,
                       labels=calibration.labels if calibration else None,
                       input_shapes=shapes, device=devices[0] if devices else None, seed=recipe.seed,
-                      fidelity=recipe.fidelity)
+                      fidelity=recipe.fidelity, random_inputs=recipe.random_inputs or None)
     key = None
     if options.cache is not None:
-        key = first_key(prev_model, {"shapes": shapes, "seed": recipe.seed,
-                                     "device": devices[0].name if devices else None,
-                                     "fidelity": [recipe.fidelity.output, recipe.fidelity.metric],
-                                     "calibration": arrays_digest(ctx.data, ctx.labels).hex()})
+        settings = {"shapes": shapes, "seed": recipe.seed, "device": devices[0].name if devices else None,
+                    "fidelity": [recipe.fidelity.output, recipe.fidelity.metric],
+                    "calibration": arrays_digest(ctx.data, ctx.labels).hex()}
+        if recipe.random_inputs:  # what passes without data draw their inputs from
+            settings["random_inputs"] = {k: v.describe() for k, v in recipe.random_inputs.items()}
+        key = first_key(prev_model, settings)
     for spec in recipe.passes:
         cls = get_pass(spec.name)
         label = f"pass {spec.name} (passes[{spec.index}])"
@@ -297,6 +317,8 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
             warnings.append(warning)
         else:
             warnings.append(wreck_warning(label, fid, cls.advice, recipe.fidelity.metric))
+            if not recipe.data:
+                warnings.append(random_input_warning(label, inputs.batch, recipe.random_inputs))
         record["warnings"] = [w for w in warnings if w]
         for warning in record["warnings"]:
             log(f"edgeopt: warning: {warning}")

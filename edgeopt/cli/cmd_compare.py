@@ -43,7 +43,8 @@ def command(model_a, model_b, data, seed, min_cosine, input_shapes, fmt, quiet):
     if a_inputs != b_inputs:
         raise UserError(f"{model_b}: its inputs {sorted(b_inputs)} differ from {model_a}'s {sorted(a_inputs)}; "
                         "compare models with the same inputs")
-    inputs = load_data(data, a) if data else random_inputs(a, resolve_input_shapes(a, input_shapes), seed)
+    inputs = load_data(data, a) if data else random_inputs(a, resolve_input_shapes(a, input_shapes), seed,
+                                                           fill_fixed_batch=True)
     out_a, out_b = _outputs(model_a, a, inputs), _outputs(model_b, b, inputs)
     names = [o.name for o in a.graph.output]
     result = compare(out_a, out_b, names=names, labels=inputs.labels)

@@ -166,7 +166,8 @@ def _apply_auto(model: onnx.ModelProto, params: Params, round_to: int, ctx: Pass
         from edgeopt.graph.shapes import resolve_input_shapes
         from edgeopt.verify.inputs import random_inputs
 
-        data = dict(random_inputs(model, resolve_input_shapes(model, ctx.input_shapes), ctx.seed).feeds)
+        data = dict(random_inputs(model, resolve_input_shapes(model, ctx.input_shapes), ctx.seed,
+                                  distributions=ctx.random_inputs).feeds)
     config = PruneConfig(ratio=0.0, criterion=params.criterion, round_to=round_to,
                          min_channels=params.min_channels, exclude=list(params.exclude),
                          reconstruct=params.reconstruct, max_samples=params.max_samples, balance=False)

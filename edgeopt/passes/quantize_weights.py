@@ -194,7 +194,8 @@ def _feeds(model: onnx.ModelProto, ctx: PassContext) -> tuple[dict, str]:
     if ctx.data:
         return ctx.data, "the calibration data"
     shapes = resolve_input_shapes(model, ctx.input_shapes)  # UserError when a dim is unknown
-    return random_inputs(model, shapes, ctx.seed, free_batch=VERIFY_SAMPLES).feeds, "seeded random inputs"
+    return random_inputs(model, shapes, ctx.seed, free_batch=VERIFY_SAMPLES, distributions=ctx.random_inputs,
+                         fill_fixed_batch=True).feeds, "seeded random inputs"
 
 
 def _first(model: onnx.ModelProto, feeds: dict, n: int) -> dict:

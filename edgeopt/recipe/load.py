@@ -14,9 +14,10 @@ from edgeopt.errors import UserError
 from edgeopt.passes import get_pass, pass_names
 from edgeopt.recipe.values import ValueProblem, build_params, coerce, did_you_mean
 from edgeopt.verify.fidelity import METRICS, FidelitySpec
+from edgeopt.verify.inputs import DISTRIBUTIONS, InputDistribution
 
-TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "calibration_data", "fidelity", "passes",
-                  "checks", "seed", "search")  # search: read by `edgeopt tune` (edgeopt/tune); `run` ignores it
+TOP_LEVEL_KEYS = ("model", "output", "device", "input_shapes", "data", "calibration_data", "random_inputs",
+                  "fidelity", "passes", "checks", "seed", "search")  # search: read by `edgeopt tune` (edgeopt/tune); `run` ignores it
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Recipe:
     seed: int = 0
     calibration_data: Path | None = None  # what data-driven passes fit on; default: `data`
     fidelity: FidelitySpec = field(default_factory=FidelitySpec)  # the output and metric checks look at
+    random_inputs: dict[str, InputDistribution] = field(default_factory=dict)  # inputs without data: how to draw them
 
 
 def read_yaml(path: Path) -> Any:
@@ -140,10 +142,14 @@ def parse_recipe(doc: dict, path: Path) -> Recipe:
     seed = _field(doc, "seed", int, where) or 0
     checks = _parse_checks(doc.get("checks"), where)
     fidelity = _parse_fidelity(doc.get("fidelity"), where)
+    random = _parse_random_inputs(doc.get("random_inputs"), where)
+    if random and data is not None:
+        raise UserError(f"{where}: random_inputs: the recipe has `data:`, which gives every input; random_inputs "
+                        "describes inputs you have no data for: drop one of the two")
     passes = _parse_passes(doc.get("passes"), where)
     return Recipe(path=path, model=model, output=output, devices=list(devices) if isinstance(devices, list) else [devices],
                   input_shapes=input_shapes, data=data, passes=passes, checks=checks, seed=seed,
-                  calibration_data=calibration, fidelity=fidelity)
+                  calibration_data=calibration, fidelity=fidelity, random_inputs=random)
 
 
 def _parse_fidelity(value: Any, where: str) -> FidelitySpec:
@@ -164,6 +170,52 @@ def _parse_fidelity(value: Any, where: str) -> FidelitySpec:
     if output is not None and not isinstance(output, str):
         raise UserError(f"{where}: fidelity.output: expected the name of a model output, got {output!r}")
     return FidelitySpec(output=output, metric=metric)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise UserError(f"{where}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_random_inputs(value: Any, where: str) -> dict[str, InputDistribution]:
+    """`random_inputs: {NAME: {distribution: uniform, low: 0, high: 1}}` or `{distribution: normal, mean: 0.5,
+    std: 0.25}`: how verification draws the inputs it has no data for (names are checked against the model
+    when the run loads it)."""
+    if value is None:
+        return {}
+    example = "{x: {distribution: uniform, low: 0, high: 1}}"
+    if not isinstance(value, dict) or not value:
+        raise UserError(f"{where}: random_inputs: expected a mapping of input names to distributions, like {example}")
+    out = {}
+    for name, spec in value.items():
+        loc = f"{where}: random_inputs.{name}"
+        if not isinstance(name, str):
+            raise UserError(f"{loc}: expected the name of a model input")
+        if not isinstance(spec, dict):
+            raise UserError(f"{loc}: expected a mapping like {{distribution: uniform, low: 0, high: 1}} or "
+                            f"{{distribution: normal, mean: 0.5, std: 0.25}}, got {spec!r}")
+        kind = spec.get("distribution")
+        if kind is None:
+            raise UserError(f"{loc}: missing `distribution:` ({' or '.join(DISTRIBUTIONS)})")
+        if kind not in DISTRIBUTIONS:
+            raise UserError(f"{loc}.distribution: {kind!r} is not one of {', '.join(DISTRIBUTIONS)}"
+                            f"{did_you_mean(str(kind), DISTRIBUTIONS)}")
+        keys = ("distribution", *DISTRIBUTIONS[kind])
+        for key in spec:
+            if key not in keys:
+                other = next((k for k, ps in DISTRIBUTIONS.items() if key in ps), None)
+                why = f"a parameter of distribution {other}, not {kind}" if other else \
+                    f"unknown key{did_you_mean(str(key), keys)}"
+                raise UserError(f"{loc}.{key}: {why} (keys of {kind}: {', '.join(keys)})")
+        params = {key: _number(spec[key], f"{loc}.{key}") for key in DISTRIBUTIONS[kind] if key in spec}
+        dist = InputDistribution(kind, **params)
+        if kind == "uniform" and not dist.low < dist.high:
+            raise UserError(f"{loc}: low must be below high, got low {dist.low:g}, high {dist.high:g}")
+        if kind == "normal" and not dist.std > 0:
+            raise UserError(f"{loc}.std: must be above 0, got {dist.std:g}")
+        out[name] = dist
+    return out
 
 
 def _field(doc: dict, key: str, hint: Any, where: str) -> Any:

@@ -31,6 +31,10 @@ def _per_output(doc: dict) -> list[str]:
     return lines
 
 
+def _warnings(doc: dict) -> list[str]:
+    return [f"  warning: {w}" for s in doc["stages"] for w in s.get("warnings") or []]
+
+
 def _device_label(device) -> str:
     if not device:
         return "none"
@@ -97,7 +101,7 @@ def run_tables(doc: dict) -> list[Table]:
         ],
         rows=rows,
         footer=[f"  {s['pass']}: {s['summary']}" for s in doc["stages"][1:] if s.get("summary")] + _deltas(doc)
-        + _per_output(doc),
+        + _per_output(doc) + _warnings(doc),
     )
     tables = [stages]
     if doc.get("checks"):

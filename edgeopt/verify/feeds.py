@@ -26,10 +26,13 @@ class Feeds(dict):
 
 
 def sample_count(feeds: dict[str, np.ndarray]) -> int:
-    """Samples in feeds: the batch length of the first array with an axis (1 when all are scalars)."""
+    """Samples in feeds: the batch length of the first array with an axis (1 when all are scalars); an
+    array that Feeds marks as shared (axis None) does not count."""
     axes = getattr(feeds, "axes", {})
     for name, v in feeds.items():
         if np.ndim(v) >= 1:
+            if name in axes and axes[name] is None:
+                continue
             return np.shape(v)[axes.get(name, 0)] if axes.get(name) is not None else len(v)
     return 1
 

@@ -60,14 +60,64 @@ def load_data(path: Path, model: onnx.ModelProto) -> Inputs:
     return Inputs(feeds=feeds, labels=labels, source=path.name)
 
 
-def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int = 0,
-                  free_batch: int = RANDOM_BATCH) -> Inputs:
-    """Seeded inputs: standard normal for floats, zeros for integers and booleans.
+DISTRIBUTIONS = {"uniform": ("low", "high"), "normal": ("mean", "std")}  # and their parameters
 
-    A batch dim the model leaves free (and the caller did not fix) gets `free_batch` samples.
+
+@dataclass(frozen=True)
+class InputDistribution:
+    """The recipe's `random_inputs: {NAME: ...}` for an input it has no data for, so seeded random inputs can
+    match the model's preprocessing: uniform in [low, high) (whole numbers low..high-1 for an integer
+    input: token ids), or normal with mean and std (float inputs only). recipe/load.py validates it."""
+
+    distribution: str = "normal"
+    low: float = 0.0
+    high: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def draw(self, rng: np.random.Generator, shape: list[int], dtype: np.dtype) -> np.ndarray:
+        if np.issubdtype(dtype, np.integer):
+            return rng.integers(int(self.low), int(self.high), size=shape).astype(dtype)
+        if self.distribution == "uniform":
+            return rng.uniform(self.low, self.high, size=shape).astype(dtype)
+        return (self.mean + self.std * rng.standard_normal(shape)).astype(dtype)
+
+    def describe(self) -> str:
+        if self.distribution == "uniform":
+            return f"uniform [{self.low:g}, {self.high:g})"
+        return f"normal (mean {self.mean:g}, std {self.std:g})"
+
+
+def distribution_problem(dist: InputDistribution, dtype: np.dtype) -> str | None:
+    """Why `dist` cannot describe an input of `dtype`, or None."""
+    if np.issubdtype(dtype, np.integer):
+        if dist.distribution != "uniform" or dist.low != int(dist.low) or dist.high != int(dist.high):
+            return (f"the input is {dtype.name}: give it distribution uniform with whole numbers low and high "
+                    "(it draws low..high-1, e.g. token ids)")
+        return None
+    if not np.issubdtype(dtype, np.floating):
+        return f"the input is {dtype.name}: only float and integer inputs take a distribution"
+    return None
+
+
+def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int = 0,
+                  free_batch: int = RANDOM_BATCH, distributions: dict | None = None,
+                  fill_fixed_batch: bool = False) -> Inputs:
+    """Seeded inputs: standard normal for floats, zeros for integers and booleans, unless `distributions`
+    (the recipe's random_inputs, {name: InputDistribution}) describes the input.
+
+    A batch dim the model leaves free (and the caller did not fix) gets `free_batch` samples. With
+    `fill_fixed_batch`, a model whose batch is fixed at B gets about `free_batch` samples too: the
+    multiple of B at or above it, which run_batched runs B at a time (several runs; a fixed batch of 1
+    would otherwise be verified on one random sample). Inputs whose dim 0 is not B are shared by every run.
     """
+    from edgeopt.verify.runtime import static_batch  # (runtime opens sessions: imported when needed)
+
     rng = np.random.default_rng(seed)
+    distributions = distributions or {}
     axes = batch_axes(model)
+    fixed = None if axes or not fill_fixed_batch else static_batch(model)
+    runs = -(-free_batch // fixed) if fixed else 1
     feeds = Feeds({}, axes)
     for vi in graph_inputs(model):
         shape = list(shapes[vi.name])
@@ -75,9 +125,18 @@ def random_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: in
         axis = axes.get(vi.name, 0)
         if len(dims) > axis and not dims[axis].HasField("dim_value") and len(shape) > 1 and shape[axis] == 1:
             shape[axis] = free_batch
+        if fixed and runs > 1:
+            if len(shape) > 1 and shape[0] == fixed:
+                shape[0] = fixed * runs
+                feeds.axes[vi.name] = 0
+            else:
+                feeds.axes[vi.name] = None  # shared by every run
         dtype = _dtype_of(vi)
-        if np.issubdtype(dtype, np.floating):
+        if vi.name in distributions:
+            feeds[vi.name] = distributions[vi.name].draw(rng, shape, dtype)
+        elif np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         else:
             feeds[vi.name] = np.zeros(shape, dtype=dtype)
-    return Inputs(feeds=feeds, labels=None, source=f"random (seed {seed})")
+    described = "".join(f", {name}: {d.describe()}" for name, d in distributions.items())
+    return Inputs(feeds=feeds, labels=None, source=f"random (seed {seed}{described})")

@@ -21,7 +21,7 @@ def probe_inputs(model: onnx.ModelProto, ctx: PassContext) -> dict[str, np.ndarr
     if ctx.data is not None:
         return take(ctx.data, 1)
     shapes = resolve_input_shapes(model, ctx.input_shapes)  # the shape layer; UserError: no probe
-    return random_inputs(model, shapes, ctx.seed, free_batch=1).feeds
+    return random_inputs(model, shapes, ctx.seed, free_batch=1, distributions=ctx.random_inputs).feeds
 
 
 def same_outputs(expected: list, got: list, tolerance: float = TOLERANCE, by: str = "max_abs") -> bool:
