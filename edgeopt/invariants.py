@@ -56,7 +56,8 @@ def wreck_warning(label: str, fidelity: dict, advice: str = "", metric: str = "c
 def random_input_warning(label: str, samples: int, distributions: dict | None = None) -> str:
     """What a lossy stage's figures mean without `data:`: the outputs' drift on made-up inputs, not accuracy."""
     drawn = ", ".join(f"{name} {d.describe()}" for name, d in (distributions or {}).items()) or "standard normal"
+    rather = "" if distributions else ", or at least `random_inputs:` that match your preprocessing"
     return (f"{label}: fidelity measured on {samples} samples of seeded random inputs ({drawn}), not on real "
             "data: it says nothing about accuracy (a pass can keep random inputs' outputs and still break real "
             "ones); give the recipe `data:` (an .npz with one array per model input, plus `labels` for "
-            "accuracy), or at least `random_inputs:` that match your preprocessing")
+            f"accuracy){rather}")

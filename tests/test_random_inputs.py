@@ -92,6 +92,7 @@ def test_random_inputs_draw_what_the_recipe_describes(tmp_path, write_recipe, ti
     doc = json.loads(result.stdout)
     assert doc["data"] == "random (seed 0, input: uniform [0, 1))"
     assert "seeded random inputs (input uniform [0, 1))" in doc["stages"][1]["warnings"][-1]
+    assert "random_inputs:" not in doc["stages"][1]["warnings"][-1]  # it has them: data is what is left to give
 
 
 @pytest.mark.parametrize("random, message", [
