@@ -119,3 +119,9 @@ def test_pass_on_real_export(model, pass_name, tmp_path, tmp_path_factory):
     reference, outputs = _outputs(prepared, data), _outputs(tmp_path / "out.onnx", data)
     assert [o.shape for o in outputs] == [r.shape for r in reference]
     assert all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")
+    # with data: no random-input warning, and a stage whose worst output falls below cosine 0.9 says so
+    warnings = stage.get("warnings") or []
+    assert not any("seeded random inputs" in w for w in warnings), warnings
+    worst = (stage["fidelity"].get("vs_input") or {}).get("cosine")
+    if worst is not None and worst < 0.9:
+        assert any("against the input model" in w and "below 0.9" in w for w in warnings), warnings
