@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from edgeopt.devices.model import (_FIGURE_KEYS, MARKS, OP_CLASSES, PRECISIONS, WEIGHT_DECODE_MODES, Device,
-                                   Figure, WeightDecode)
+from edgeopt.devices.model import (_FIGURE_KEYS, EFFICIENCY_CLASSES, MARKS, OP_CLASSES, PRECISIONS,
+                                   WEIGHT_CACHE_MODES, WEIGHT_DECODE_MODES, Device, Figure, WeightDecode)
 from edgeopt.devices.host import apply_host_calibration
 from edgeopt.errors import UserError
 
@@ -22,13 +22,23 @@ _TOP_KEYS = {
     "name", "title", "kind", "notes", "precisions", "default_precision", "peak_gops", "dram_gbps",
     "onchip_bytes", "onchip_gbps", "power_w", "alignment", "efficiency", "fuses", "energy_pj",
     "sparse_weights", "layer_overhead_us", "run_overhead_us", "cores", "weight_decode",
+    "base", "device", "runtime", "threads", "host_link_gbps", "weight_cache", "activations_onchip", "fit",
+    "validation", "class_overhead_us",
 }
+_MERGED_KEYS = {"peak_gops", "efficiency", "energy_pj", "alignment"}  # a variant overrides these key by key
+ALIASES_FILE = DEVICE_DIR / "aliases.yaml"
+
+
+def aliases() -> dict[str, str]:
+    """Old short names (a device) -> the profile they pick: the device's default variant."""
+    data = yaml.safe_load(ALIASES_FILE.read_text()) if ALIASES_FILE.exists() else {}
+    return {str(k): str(v) for k, v in (data or {}).items()}
 
 # -- loading ------------------------------------------------------------------------------
 
 def device_names() -> list[str]:
-    """Names of the built-in device profiles."""
-    return sorted(p.stem for p in DEVICE_DIR.glob("*.yaml"))
+    """Names of the built-in device profiles (one per device + runtime + precision + threads)."""
+    return sorted(p.stem for p in DEVICE_DIR.glob("*.yaml") if p != ALIASES_FILE)
 
 
 def load_device(name_or_path: str) -> Device:
@@ -42,9 +52,10 @@ def load_device(name_or_path: str) -> Device:
         if not path.exists():
             raise UserError(f"{path}: device file not found; check the path")
         return _load_file(path)
+    text = aliases().get(text, text)
     path = DEVICE_DIR / f"{text}.yaml"
     if not path.exists():
-        names = device_names()
+        names = sorted(set(device_names()) | set(aliases()))
         close = difflib.get_close_matches(text, names, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"unknown device {text!r}; {hint}known devices: {', '.join(names)} "
@@ -56,6 +67,33 @@ def load_device(name_or_path: str) -> Device:
 
 
 def _load_file(path: Path) -> Device:
+    data = _read_yaml(path)
+    if isinstance(data, dict) and data.get("base") is not None:
+        data = _with_base(data, path)
+    return parse_device(data, path)
+
+
+def _with_base(data: dict, path: Path) -> dict:
+    """A variant over its chip file: the chip's figures, the variant's keys on top (dicts key by key)."""
+    base_ref = data["base"]
+    if not isinstance(base_ref, str) or not base_ref:
+        raise UserError(f"{path}: base: must be the path of a chip file, relative to {path.name}")
+    base_path = (path.parent / base_ref).resolve()
+    if not base_path.exists():
+        raise UserError(f"{path}: base: {base_ref} not found")
+    merged = _read_yaml(base_path)
+    if merged.get("base") is not None:
+        raise UserError(f"{base_path}: a chip file cannot have a base of its own")
+    merged = dict(merged)
+    for key, value in data.items():
+        if key in _MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        elif key != "base":
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -66,7 +104,7 @@ def _load_file(path: Path) -> Device:
         raise UserError(f"{path}: cannot read device file ({exc.strerror})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a device file must be a mapping of fields (name, precisions, peak_gops, ...)")
-    return parse_device(data, path)
+    return data
 
 
 def parse_device(data: dict, path: Path | str = "<device>") -> Device:
@@ -120,12 +158,12 @@ def parse_device(data: dict, path: Path | str = "<device>") -> Device:
 
     efficiency_raw = data.get("efficiency") or {}
     if not isinstance(efficiency_raw, dict):
-        fail("efficiency", f"must map op classes ({', '.join(OP_CLASSES)}) to fractions of peak")
+        fail("efficiency", f"must map op classes ({', '.join(EFFICIENCY_CLASSES)}) to fractions of peak")
     efficiency = {}
     for cls, raw in efficiency_raw.items():
-        if cls not in OP_CLASSES:
-            close = difflib.get_close_matches(str(cls), OP_CLASSES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; use {', '.join(OP_CLASSES)}"
+        if cls not in EFFICIENCY_CLASSES:
+            close = difflib.get_close_matches(str(cls), EFFICIENCY_CLASSES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; use {', '.join(EFFICIENCY_CLASSES)}"
             fail(f"efficiency.{cls}", f"unknown op class{hint}")
         fig = _figure(raw, f"efficiency.{cls}", fail, positive=True)
         if fig.effective is not None and fig.effective > 1:
@@ -195,6 +233,51 @@ def parse_device(data: dict, path: Path | str = "<device>") -> Device:
         layer_overhead_us=_figure(data.get("layer_overhead_us"), "layer_overhead_us", fail, nonneg=True),
         run_overhead_us=_figure(data.get("run_overhead_us"), "run_overhead_us", fail, nonneg=True),
         weight_decode=decode,
+        class_overhead_us=_class_overhead(data.get("class_overhead_us"), fail),
+        **_runtime_fields(data, fail),
+    )
+
+
+def _class_overhead(raw, fail) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        fail("class_overhead_us", "must map op classes to extra µs per layer")
+    out = {}
+    for cls, value in raw.items():
+        if cls not in EFFICIENCY_CLASSES:
+            fail(f"class_overhead_us.{cls}", f"unknown op class; use {', '.join(EFFICIENCY_CLASSES)}")
+        fig = _figure(value, f"class_overhead_us.{cls}", fail, nonneg=True)
+        out[cls] = float(fig.effective or 0.0)
+    return out
+
+
+def _runtime_fields(data: dict, fail) -> dict:
+    """What the profile models (device, runtime, threads) and how its memory behaves."""
+    threads = data.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        fail("threads", f"must be a positive integer (CPU threads) or null for an accelerator, got {threads!r}")
+    cache = data.get("weight_cache", "all")
+    if cache not in WEIGHT_CACHE_MODES:
+        fail("weight_cache", f"{cache!r}: use {', '.join(WEIGHT_CACHE_MODES)}")
+    act_onchip = data.get("activations_onchip", False)
+    if not isinstance(act_onchip, bool):
+        fail("activations_onchip", f"must be true or false, got {act_onchip!r}")
+    for key in ("fit", "validation"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            fail(key, "must be a mapping")
+    for key in ("device", "runtime"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            fail(key, "must be a string")
+    return dict(
+        device_key=str(data.get("device") or data.get("name") or ""),
+        runtime=str(data.get("runtime") or ""),
+        threads=threads,
+        host_link_gbps=_figure(data.get("host_link_gbps"), "host_link_gbps", fail, positive=True),
+        weight_cache=cache,
+        activations_onchip=act_onchip,
+        fit=dict(data.get("fit") or {}),
+        validation=dict(data.get("validation") or {}),
     )
 
 
@@ -240,7 +323,7 @@ def _figure(raw, field_name: str, fail, positive: bool = False, nonneg: bool = F
             fail(f"{field_name}.{key}", f"unknown key; a figure has {', '.join(sorted(_FIGURE_KEYS))}")
     value = raw.get("value")
     assume = raw.get("assume")
-    for label, v in (("value", value), ("assume", assume)):
+    for label, v in (("value", value), ("assume", assume), ("prior", raw.get("prior"))):
         if v is None:
             continue
         if boolean:
@@ -256,6 +339,7 @@ def _figure(raw, field_name: str, fail, positive: bool = False, nonneg: bool = F
     mark = raw.get("mark")
     if mark is not None and mark not in MARKS:
         fail(f"{field_name}.mark", f"{mark!r}: use P (published), M (measured), I (inferred) or C (calibrated)")
-    return Figure(value=value, source=raw.get("source"), mark=mark, note=raw.get("note"), assume=assume)
+    return Figure(value=value, source=raw.get("source"), mark=mark, note=raw.get("note"), assume=assume,
+                  prior=raw.get("prior"))
 
 

@@ -8,6 +8,10 @@ from typing import Any
 PRECISIONS = ("int4", "int8", "fp16", "fp32")  # narrow to wide; "nearest" walks this order
 PRECISION_BYTES = {"int4": 0.5, "int8": 1, "fp16": 2, "fp32": 4}
 OP_CLASSES = ("conv", "depthwise", "gemm", "elementwise")
+# efficiency keys: the counting classes plus the conv refinements of profile/shapeclass.py (fall back to conv)
+CONV_CLASSES = ("conv3x3", "pointwise", "grouped")
+EFFICIENCY_CLASSES = ("conv", "conv3x3", "pointwise", "grouped", "depthwise", "gemm", "elementwise")
+WEIGHT_CACHE_MODES = ("all", "partial")
 MARKS = ("P", "M", "I", "C")
 
 WEIGHT_DECODE_MODES = ("native", "load", "runtime")
@@ -30,7 +34,7 @@ class WeightDecode:
     layer_us: float = 0.0  # fixed cost of decoding one layer's weights at run time
     source: str | None = None
     mark: str | None = None
-_FIGURE_KEYS = {"value", "source", "mark", "note", "assume", "unit"}
+_FIGURE_KEYS = {"value", "source", "mark", "note", "assume", "unit", "prior"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Figure:
     mark: str | None = None  # P / M / I / C
     note: str | None = None
     assume: float | None = None  # used by the cost model when value is None
+    prior: float | None = None  # a fitted figure (mark C): its value before the fit
 
     @property
     def effective(self):
@@ -121,6 +126,15 @@ class Device:
     class_overhead_us: dict = field(default_factory=dict)  # op class -> extra fixed µs per layer
     calibrated: bool = False
     calibration: dict = field(default_factory=dict)
+    # what the profile models, in the truth table's vocabulary (device_key / runtime_key / threads_n)
+    device_key: str = ""
+    runtime: str = ""
+    threads: int | None = None
+    host_link_gbps: Figure = field(default_factory=Figure)  # inputs / outputs cross it on every inference
+    weight_cache: str = "all"  # all: weights stay on chip only if all fit; partial: the first ones that fit
+    activations_onchip: bool = False  # activations never spill (Edge TPU: the compiler keeps them on chip)
+    fit: dict = field(default_factory=dict)  # rows the C figures were fitted on and the fit's error
+    validation: dict = field(default_factory=dict)  # held against published rows (in sample, leave-one-arch-out)
 
     # -- what the cost model and the passes read --------------------------------------------
     @property
@@ -157,6 +171,8 @@ class Device:
 
     def efficiency_for(self, op_class: str) -> float:
         fig = self.efficiency.get(op_class)
+        if (fig is None or fig.effective is None) and op_class in CONV_CLASSES:
+            fig = self.efficiency.get("conv")
         value = fig.effective if fig else None
         return 1.0 if value is None else float(value)
 
@@ -184,6 +200,11 @@ class Device:
         return self.overhead_s + float(self.class_overhead_us.get(op_class, 0.0)) * 1e-6
 
     @property
+    def host_link_bytes_per_s(self) -> float | None:
+        value = self.host_link_gbps.effective
+        return None if value is None else float(value) * 1e9
+
+    @property
     def run_overhead_s(self) -> float:
         value = self.run_overhead_us.effective
         return 0.0 if value is None else float(value) * 1e-6
@@ -193,7 +214,9 @@ class Device:
         out: list[tuple[str, Figure]] = []
         for p, fig in self.peak_gops.items():
             out.append((f"peak_gops.{p}", fig))
-        for key in ("dram_gbps", "onchip_bytes", "onchip_gbps", "power_w", "cores"):
+        for key in ("dram_gbps", "host_link_gbps", "onchip_bytes", "onchip_gbps", "power_w", "cores"):
+            if key == "host_link_gbps" and self.host_link_gbps == Figure():
+                continue  # no host link: nothing crosses one
             out.append((key, getattr(self, key)))
         for cls, fig in self.efficiency.items():
             out.append((f"efficiency.{cls}", fig))

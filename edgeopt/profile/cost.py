@@ -1,6 +1,6 @@
 """Roofline latency and energy of one layer on one device.
 
-    time   = max(ops / (peak[p] x efficiency[class]), dram_bytes / dram_bandwidth) + overhead
+    time   = max(ops / (peak[p] x efficiency[class] x lane use), dram_bytes / dram_bandwidth) + overhead
     energy = MACs x pJ/MAC[p] + other ops x pJ/MAC[p] / 2
              + dram_bytes x pJ/DRAM byte + working-set bytes x pJ/SRAM byte
 
@@ -15,6 +15,11 @@
   offline), plus the input and output activations only when the working set
   (weights + activations) does not fit the on-chip memory. A device with no
   known on-chip memory spills every layer.
+- class is the layer's shape class (profile/shapeclass.py: conv3x3, pointwise, grouped,
+  depthwise, conv, gemm, elementwise): runtimes run different kernels for each.
+- A device with `weight_cache: partial` (the Edge TPU) caches the weights of the first
+  layers that fit its on-chip memory and streams the rest on every inference; its
+  activations stay on chip. `activations_onchip` alone keeps activations from spilling.
 - A data-movement layer (Transpose, Concat, ...) that stays on chip is priced
   as one element-wise op per output element.
 - Fused layers cost nothing here: their ops are in their anchor's group.
@@ -80,13 +85,19 @@ def device_weight_bytes(device: Device, stored_precision: str | None, weights: l
 
 def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | None, stored_precision: str,
                weights: list[WeightItem], acts: list[ActItem], weights_resident: bool = False,
-               resident_bytes: int = 0, slowdown: float = 1.0, extra_s: float = 0.0) -> LayerCost:
+               resident_bytes: int = 0, slowdown: float = 1.0, extra_s: float = 0.0,
+               cost_class: str | None = None, utilization: float = 1.0,
+               weights_cached: bool | None = None) -> LayerCost:
     """Roofline cost of one layer (or fusion group).
 
     weights_resident: all the model's weights (`resident_bytes`) stay in on-chip memory
     across inferences, so weights move no DRAM bytes and activations have the rest.
     slowdown, extra_s: compute-time factor and fixed time for weights decoded on every run
     (Device.weight_decode).
+    cost_class: the shape class whose efficiency applies (profile/shapeclass.py; default op_class);
+    utilization: fraction of the vector lanes the layer's channels fill (compute time / utilization).
+    weights_cached: with `weight_cache: partial` (Edge TPU), whether this layer's weights are among
+    those the on-chip cache holds; the others stream from off-chip on every inference.
     """
     p = device.compute_precision(stored_precision or device.default_precision)
     weight_bytes = device_weight_bytes(device, stored_precision, weights)
@@ -96,7 +107,13 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
     act_bytes = sum(act_sizes)
     working_set = weight_bytes + act_bytes
     capacity = device.onchip_capacity
-    if weights_resident and capacity is not None:
+    if weights_cached is not None:  # partial weight cache: activations stay on chip, weights as cached
+        fits = True
+        dram_bytes = 0 if weights_cached else weight_bytes
+    elif device.activations_onchip:
+        fits = weights_resident
+        dram_bytes = 0 if weights_resident else weight_bytes
+    elif weights_resident and capacity is not None:
         fits = act_bytes <= capacity - resident_bytes
         dram_bytes = 0 if fits else act_bytes
     else:
@@ -108,13 +125,14 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
         return LayerCost(p, weight_bytes, 0.0, 0.0, 0.0, 0, working_set, fits_known, "free", 0.0, None)
 
     effective_ops = ops
-    cls = op_class
+    cls = cost_class or op_class
     if op_class == DATA and fits:
         effective_ops = ops + sum(a.numel or 0 for a in acts) // 2  # a copy: ~one op per element moved
     if op_class in (DATA, QDQ):
         cls = ELEMENTWISE
     peak = device.peak_ops_per_s(p)
-    compute_s = effective_ops * slowdown / (peak * device.efficiency_for(cls)) if peak else None
+    compute_s = (effective_ops * slowdown / (peak * device.efficiency_for(cls) * max(utilization, 1e-3))
+                 if peak else None)
     bandwidth = device.dram_bytes_per_s
     memory_s = dram_bytes / bandwidth if bandwidth else None
     if compute_s is None or memory_s is None:

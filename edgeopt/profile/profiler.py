@@ -12,6 +12,7 @@ from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, device_w
 from edgeopt.profile.counting import VIEW, Count, count_node, estimate_node
 from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
 from edgeopt.profile.memory import act_inputs, decide_fusion, largest_activation, liveness
+from edgeopt.profile.shapeclass import cost_class, lane_utilization
 from edgeopt.profile.subgraphs import Flat, flatten
 from edgeopt.profile.weights import WeightTable, narrower
 
@@ -179,6 +180,7 @@ def _profile(flat: Flat, device: Device | None) -> Profile:
                 resident_bytes += device_weight_bytes(device, by_idx[idx]["stored_precision"], [
                     WeightItem(table.stored[r].bytes_on(sparse_ok), table.stored[r].numel) for r in roots])
         resident = resident_bytes <= device.onchip_capacity
+    cached = _partial_cache(device, order, fusion, weights, table, sparse_ok, by_idx) if device is not None else {}
     for idx in order:
         if idx in fusion.anchor_of:
             layer = by_idx[idx]
@@ -222,10 +224,19 @@ def _profile(flat: Flat, device: Device | None) -> Profile:
             if ops is not None and touched:
                 layer["arithmetic_intensity"] = ops / touched
             continue
+        node = info.nodes[idx]
+        wshape = _weight_shape(info, node, counts[idx])
+        cls = cost_class(node, counts[idx].op_class, wshape)
+        lanes = device.alignment_for(device.compute_precision(stored_precision or device.default_precision))
+        utilization = lane_utilization(node, cls, wshape, lanes)
+        layer["cost_class"] = cls
+        if utilization < 1.0:
+            layer["lane_utilization"] = round(utilization, 4)
         cost = layer_cost(device, op_class=counts[idx].op_class, macs=counts[idx].macs, ops=ops,
                           stored_precision=stored_precision, weights=witems, acts=acts,
                           weights_resident=resident, resident_bytes=resident_bytes, slowdown=slowdown,
-                          extra_s=extra_s)
+                          extra_s=extra_s, cost_class=cls, utilization=utilization,
+                          weights_cached=cached.get(idx))
         n = runs[idx]  # a Loop / Scan body layer runs n times per inference
         layer.update(
             compute_precision=cost.compute_precision,
@@ -243,9 +254,55 @@ def _profile(flat: Flat, device: Device | None) -> Profile:
         )
 
     totals = _totals(info, order, layers, table, sparse_ok, live, names, device)
+    if device is not None:
+        transfer_ms = _transfer_s(info, device) * 1e3
+        totals["est_transfer_ms"] = transfer_ms
+        if totals["est_latency_ms"] is not None:
+            totals["est_latency_ms"] += transfer_ms
     _subgraph_totals(totals, flat, order, layers, live, live_known)
     return Profile(device=device.name if device else None, totals=totals, layers=layers,
                    input_shapes=info.input_shapes)
+
+
+def _weight_shape(info: GraphInfo, node, count) -> list[int] | None:
+    """Shape of a MAC layer's main weight input, when known."""
+    if count.weight_input is None or len(node.input) <= count.weight_input:
+        return None
+    t = info.info(node.input[count.weight_input])
+    return list(t.shape) if t is not None and t.shape is not None else None
+
+
+def _partial_cache(device: Device, order, fusion, weights, table, sparse_ok, by_idx) -> dict[int, bool]:
+    """`weight_cache: partial` (the Edge TPU compiler): layers in graph order keep their weights in the
+    on-chip cache while they fit; every later layer's weights stream on each inference."""
+    if device.weight_cache != "partial" or device.onchip_capacity is None:
+        return {}
+    left, cached = device.onchip_capacity, {}
+    for idx in order:
+        if idx in fusion.anchor_of:
+            continue
+        roots = [r for m in [idx] + fusion.members.get(idx, []) for r in weights[m].roots if r in table.stored]
+        need = device_weight_bytes(device, by_idx[idx]["stored_precision"], [
+            WeightItem(table.stored[r].bytes_on(sparse_ok), table.stored[r].numel) for r in roots])
+        cached[idx] = need <= left
+        if cached[idx]:
+            left -= need
+    return cached
+
+
+def _transfer_s(info: GraphInfo, device: Device) -> float:
+    """Inputs and outputs over the host link (USB for a Coral stick or an NCS), at the device's width."""
+    link = device.host_link_bytes_per_s
+    if not link:
+        return 0.0
+    total = 0
+    for name in list(info.graph_input_names) + sorted(info.graph_outputs):
+        t = info.info(name)
+        if t is None or t.numel is None:
+            continue
+        item = ActItem(t.numel, precision_of(t.elem_type), t.nbytes)
+        total += device_act_bytes(device, item) or 0
+    return total / link
 
 
 def _weight_decode_mode(device, lw, act_precision) -> str | None:

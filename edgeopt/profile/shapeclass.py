@@ -1,0 +1,67 @@
+"""The cost class of a MAC layer from its shape, and how well its channels fill the device's vector lanes.
+
+Runtimes run different kernels for layers the op type alone does not tell apart: a 3x3 stride-1 conv
+goes to Winograd / im2col-free kernels (ncnn, TVM, TensorRT), a 1x1 conv is a plain GEMM, a grouped
+conv is several small GEMMs, a depthwise conv is memory-bound on most chips. Each class gets its own
+efficiency in a device profile (`efficiency.conv3x3`, `.pointwise`, ...; a missing one falls back to
+`efficiency.conv`).
+
+Lane utilisation: a layer whose channel count is not a multiple of the device's channel alignment
+(its SIMD width / systolic-array edge) wastes the remainder of the last vector, so its compute time is
+divided by used / padded channels (the 3-channel first conv of every image model on an 8-lane device:
+3 / 8).
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+
+CONV_CLASSES = ("conv3x3", "pointwise", "grouped")  # refinements of "conv"; efficiency falls back to conv
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def cost_class(node: onnx.NodeProto, op_class: str, weight_shape: list[int] | None) -> str:
+    """conv3x3 / pointwise / grouped / conv for a dense-class conv, else the counting class."""
+    if op_class != "conv" or node.op_type not in ("Conv", "ConvInteger", "QLinearConv", "FusedConv"):
+        return op_class
+    if not weight_shape or len(weight_shape) < 3:
+        return op_class
+    group = int(_attr(node, "group", 1) or 1)
+    if group > 1:
+        return "grouped"
+    kernel = list(weight_shape[2:])
+    strides = list(_attr(node, "strides", None) or [1] * len(kernel))
+    if all(k == 1 for k in kernel):
+        return "pointwise"
+    if all(k == 3 for k in kernel) and all(s == 1 for s in strides):
+        return "conv3x3"
+    return "conv"
+
+
+def _fill(channels: int | None, lanes: int) -> float:
+    if not channels or lanes <= 1:
+        return 1.0
+    return channels / (math.ceil(channels / lanes) * lanes)
+
+
+def lane_utilization(node: onnx.NodeProto, cls: str, weight_shape: list[int] | None, lanes: int) -> float:
+    """Fraction of the vector lanes a layer's channels fill (1.0 when unknown or lanes == 1)."""
+    if lanes <= 1 or not weight_shape:
+        return 1.0
+    if cls == "depthwise":
+        return _fill(weight_shape[0], lanes)
+    if cls in ("conv", "conv3x3", "pointwise", "grouped") and len(weight_shape) >= 2:
+        return _fill(weight_shape[0], lanes) * _fill(weight_shape[1], lanes)
+    if cls == "gemm" and len(weight_shape) == 2:
+        trans_b = node.op_type == "Gemm" and bool(_attr(node, "transB", 0))
+        k, n = (weight_shape[1], weight_shape[0]) if trans_b else (weight_shape[0], weight_shape[1])
+        return _fill(k, lanes) * _fill(n, lanes)
+    return 1.0
