@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CORPUS := build/corpus
 
-.PHONY: demo test test-fast test-browser corpus constraints models sample-models exports bench clean
+.PHONY: demo test test-fast test-browser corpus constraints models sample-models exports device-exports bench clean
 
 # The venv installs exact versions from constraints.txt (pyproject keeps the ranges), so a new onnx or
 # onnxruntime release cannot turn CI red overnight. `make constraints` refreshes it on purpose.
@@ -58,6 +58,13 @@ exports:
 	test -x .venv-train/bin/python || $(PYTHON) -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r tools/requirements-train.txt
 	.venv-train/bin/python tools/export_zoo.py --out build/exports
+
+# The device-latency ground truth's classification architectures as ONNX (random weights, fixed shapes, opset
+# 13; torchvision.models plus MobileNet v1 / ShuffleNet v1): build/device_truth/onnx/{arch}_{res}.onnx; dev venv
+device-exports:
+	test -x .venv-train/bin/python || $(PYTHON) -m venv .venv-train
+	.venv-train/bin/pip install --quiet -r tools/requirements-train.txt
+	.venv-train/bin/python tools/export_truth_archs.py --out build/device_truth/onnx
 
 bench: $(STAMP) models
 	$(BIN)/pip install --quiet -r bench/requirements.txt
