@@ -1,0 +1,211 @@
+"""Fit a profile's free figures to measured latencies: least squares on log latency (scipy.optimize).
+
+The profiler prices every layer at the profile's figures once (`terms`); a fitted figure only rescales
+what it governs, so a candidate's latency is exact without profiling again:
+
+    latency = sum_layers max(compute_i x e0[class_i] / e[class_i], memory_i x bw0 / bw)
+              + layers x layer_overhead + run_overhead + transfer x link0 / link
+
+Free figures are the per-class efficiencies, the off-chip bandwidth, the per-layer and per-invoke
+overheads and the host link. Each has a prior, the figure before the fit (data sheet or inferred),
+and a Gaussian penalty in log space pulls it there; class efficiencies are also tied to the conv
+efficiency's move, so a class the rows say little about keeps its ratio to conv. That is what lets
+five to ten measurements fit a profile without overfitting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.devices.measurements import Measurement, model_path
+from edgeopt.devices.model import EFFICIENCY_CLASSES, Device, Figure
+from edgeopt.errors import UserError
+
+EFF = tuple(f"efficiency.{c}" for c in EFFICIENCY_CLASSES)
+SCALAR = ("dram_gbps", "layer_overhead_us", "run_overhead_us", "host_link_gbps")
+# prior width (log units) per figure: how far the rows may move it before the penalty bites
+PRIOR_SIGMA = {"efficiency.conv": 1.5, "dram_gbps": 1.0, "layer_overhead_us": 1.5, "run_overhead_us": 2.0,
+               "host_link_gbps": 1.0}
+TIE_SIGMA = 0.5  # a class efficiency's move relative to conv's
+DATA_SIGMA = 0.1  # log-latency scale of one row (~10 %)
+DEFAULT_OVERHEAD_US = {"layer_overhead_us": 10.0, "run_overhead_us": 100.0}
+
+
+@dataclass
+class Terms:
+    """One model's layer costs at the prior profile: what the fitted figures rescale."""
+
+    compute_s: np.ndarray
+    memory_s: np.ndarray
+    cls: np.ndarray  # index into EFFICIENCY_CLASSES
+    overhead_layers: float  # executed layers (x runs): each pays layer_overhead
+    fixed_s: float  # class overheads and decode time, not fitted
+    transfer_s: float
+    est_ms: float  # the profiler's total at the prior figures (consistency check)
+
+
+@dataclass
+class FitResult:
+    device: Device
+    values: dict[str, float]
+    priors: dict[str, float]
+    rows: list[Measurement]
+    predicted_ms: list[float]
+    free: list[str]
+    stats: dict = field(default_factory=dict)
+
+
+def prior_values(device: Device) -> dict[str, float]:
+    """Every fittable figure's current value (a missing class efficiency: conv's; a missing overhead:
+    a generic default)."""
+    out = {}
+    for key, cls in zip(EFF, EFFICIENCY_CLASSES):
+        out[key] = device.efficiency_for(cls)
+    out["dram_gbps"] = float(device.dram_gbps.effective)
+    for key in ("layer_overhead_us", "run_overhead_us"):
+        value = getattr(device, key).effective
+        out[key] = float(value) if value else DEFAULT_OVERHEAD_US[key]
+    link = device.host_link_gbps.effective
+    if link:
+        out["host_link_gbps"] = float(link)
+    return out
+
+
+def with_figures(device: Device, values: dict[str, float], source: str | None = None,
+                 priors: dict[str, float] | None = None) -> Device:
+    """The device with `values` set (mark C when `source` is given)."""
+    def fig(key, value):
+        if source is None:
+            return Figure(value, source="set for fitting", mark="I")
+        return Figure(round(value, 6), source=source, mark="C",
+                      prior=None if priors is None else round(priors[key], 6))
+
+    efficiency = dict(device.efficiency)
+    for key, cls in zip(EFF, EFFICIENCY_CLASSES):
+        if key in values:
+            efficiency[cls] = fig(key, min(values[key], 1.0))
+    changes = {k: fig(k, values[k]) for k in SCALAR if k in values}
+    return dataclasses.replace(device, efficiency=efficiency, **changes)
+
+
+def terms_for(model, device: Device) -> Terms:
+    """Profile `model` (a path or a ModelProto) on `device` and keep the layer terms."""
+    import onnx
+
+    from edgeopt.profile.profiler import profile_model
+
+    proto = onnx.load(str(model), load_external_data=True) if isinstance(model, (str, Path)) else model
+    prof = profile_model(proto, device)
+    comp, mem, cls = [], [], []
+    n_layers, fixed = 0.0, 0.0
+    index = {c: i for i, c in enumerate(EFFICIENCY_CLASSES)}
+    for layer in prof.layers:
+        if layer.get("bound") not in ("compute", "memory"):
+            continue
+        runs = layer.get("runs", 1)
+        c = layer.get("cost_class") or layer.get("op_class")
+        c = c if c in index else "elementwise"
+        comp.append((layer.get("compute_ms") or 0.0) * 1e-3)
+        mem.append((layer.get("memory_ms") or 0.0) * 1e-3)
+        cls.append(index[c])
+        n_layers += runs
+        # what max(compute, memory) does not explain: class overheads and decode time
+        rest = (layer["est_latency_ms"] - max(layer.get("compute_ms") or 0, layer.get("memory_ms") or 0)) * 1e-3
+        fixed += rest - runs * device.overhead_s
+    total = prof.totals.get("est_latency_ms")
+    if total is None:
+        raise UserError(f"{getattr(model, 'name', model)}: the profile has no latency estimate (shapes unknown)")
+    return Terms(np.array(comp), np.array(mem), np.array(cls, dtype=int), n_layers, max(fixed, 0.0),
+                 prof.totals.get("est_transfer_ms", 0.0) * 1e-3, total)
+
+
+def predict_ms(terms: Terms, prior: dict[str, float], values: dict[str, float]) -> float:
+    """Latency at `values` from terms priced at `prior` (the formula in the module docstring)."""
+    e0 = np.array([prior[k] for k in EFF])
+    e = np.array([min(values[k], 1.0) for k in EFF])
+    compute = terms.compute_s * (e0 / e)[terms.cls]
+    memory = terms.memory_s * (prior["dram_gbps"] / values["dram_gbps"])
+    total = float(np.maximum(compute, memory).sum())
+    total += terms.overhead_layers * values["layer_overhead_us"] * 1e-6 + terms.fixed_s
+    total += values["run_overhead_us"] * 1e-6
+    if "host_link_gbps" in prior:
+        total += terms.transfer_s * prior["host_link_gbps"] / values["host_link_gbps"]
+    return total * 1e3
+
+
+class TermCache:
+    """Layer terms per (profile, model), so leave-one-out refits never profile twice."""
+
+    def __init__(self, models_dir: Path | str = "build/device_truth/onnx"):
+        self.models_dir = Path(models_dir)
+        self._cache: dict[tuple[str, str], Terms] = {}
+
+    def get(self, device: Device, prior: dict[str, float], row: Measurement) -> Terms:
+        path = model_path(row, self.models_dir)
+        key = (device.name + repr(sorted(prior.items())), str(path))
+        if key not in self._cache:
+            self._cache[key] = terms_for(path, with_figures(device, prior))
+        return self._cache[key]
+
+
+def fit(device: Device, rows: list[Measurement], cache: TermCache | None = None,
+        free: list[str] | None = None) -> FitResult:
+    """Least squares on log latency of the free figures of `device` to `rows` (priors: its figures)."""
+    from scipy.optimize import least_squares
+
+    if not rows:
+        raise UserError(f"{device.name}: no measurements to fit")
+    cache = cache or TermCache()
+    prior = prior_values(device)
+    free = [k for k in (free or list(prior)) if k in prior]
+    terms = [cache.get(device, prior, r) for r in rows]
+    measured = np.log([r.latency_ms for r in rows])
+    x0 = np.log([prior[k] for k in free])
+    conv_i = free.index("efficiency.conv") if "efficiency.conv" in free else None
+
+    def values_of(x):
+        values = dict(prior)
+        values.update({k: math.exp(v) for k, v in zip(free, x)})
+        return values
+
+    def residuals(x):
+        values = values_of(x)
+        pred = np.log([predict_ms(t, prior, values) for t in terms])
+        res = list((pred - measured) / DATA_SIGMA)
+        for i, key in enumerate(free):
+            if key.startswith("efficiency.") and key != "efficiency.conv" and conv_i is not None:
+                res.append(((x[i] - x0[i]) - (x[conv_i] - x0[conv_i])) / TIE_SIGMA)
+            else:
+                res.append((x[i] - x0[i]) / PRIOR_SIGMA.get(key, 1.0))
+        return np.array(res)
+
+    upper = np.array([0.0 if k.startswith("efficiency.") else np.inf for k in free])
+    lower = np.array([math.log(1e-4) if k.startswith("efficiency.") else -np.inf for k in free])
+    start = np.minimum(x0, upper - 1e-9)
+    sol = least_squares(residuals, start, bounds=(lower, upper), loss="soft_l1", f_scale=2.0, x_scale=1.0)
+    values = values_of(sol.x)
+    predicted = [predict_ms(t, prior, values) for t in terms]
+    return FitResult(device=device, values=values, priors=prior, rows=list(rows), predicted_ms=predicted,
+                     free=free, stats=error_stats([r.latency_ms for r in rows], predicted))
+
+
+def error_stats(measured: list[float], predicted: list[float]) -> dict:
+    """How far predictions land: within ±25 % share, median and worst relative error, worst ratio."""
+    if not measured:
+        return {"rows": 0}
+    rel = [abs(p - m) / m for p, m in zip(predicted, measured)]
+    ratios = [p / m for p, m in zip(predicted, measured)]
+    worst = max(range(len(ratios)), key=lambda i: abs(math.log(ratios[i])))
+    return {
+        "rows": len(measured),
+        "within_25": round(sum(1 for r in rel if r <= 0.25) / len(rel), 4),
+        "median_error": round(float(np.median(rel)), 4),
+        "worst_error": round(max(rel), 4),
+        "worst_ratio": round(ratios[worst], 4),
+        "rms_log_error": round(float(np.sqrt(np.mean(np.log(ratios) ** 2))), 4),
+    }
