@@ -109,6 +109,8 @@ def matches(device: Device, row: Measurement) -> bool:
         return False
     if device.threads is None and row.threads is not None and device.kind == "cpu":
         return False  # a thread count the profile does not model
+    if device.threads == 1 and row.threads is None and device.kind == "cpu":
+        return False  # a source that does not say ran the runtime's default: all cores
     return True
 
 
