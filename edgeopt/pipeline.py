@@ -20,6 +20,7 @@ from onnx import helper
 
 from edgeopt import __version__
 from edgeopt.devices import calibration_warning, load_device
+from edgeopt.devices.validation import band
 from edgeopt.checks import describe_failure, evaluate_checks
 from edgeopt.errors import CheckFailed, UserError, VerificationError
 from edgeopt.graph.io import read_model, save_model
@@ -83,7 +84,10 @@ def _profile_record(model: onnx.ModelProto, devices, shapes, feeds=None, layers:
             layers[device.name if device is not None else ""] = prof.layers
         if device is not None:
             per_device[device.name] = {"est_latency_ms": totals.get("est_latency_ms"),
-                                       "est_energy_mj": totals.get("est_energy_mj")}
+                                       "est_energy_mj": totals.get("est_energy_mj"),
+                                       "est_latency_band": totals.get("est_latency_band")}
+            if i == 0:
+                record["est_latency_band"] = totals.get("est_latency_band")
     if per_device:
         record["devices"] = per_device
     return record
@@ -345,6 +349,7 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
         "output": str(output),
         "device": [d.name for d in devices] if len(devices) > 1 else (devices[0].name if devices else None),
         "data": inputs.source,
+        "device_bands": {d.name: band(d) for d in devices},
         "ok": all(c["ok"] for c in checks),
         "stages": records,
         "checks": checks,

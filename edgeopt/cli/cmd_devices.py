@@ -6,6 +6,7 @@ import click
 
 from edgeopt.cli.options import format_option
 from edgeopt.devices import Device, device_names, load_device
+from edgeopt.devices.loader import aliases
 from edgeopt.report import Column, Table, emit
 from edgeopt.report.units import nbytes
 
@@ -15,8 +16,18 @@ def _value(fig) -> str:
 
 
 def device_doc(device: Device) -> dict:
+    from edgeopt.devices.validation import band
+
     return {
         "name": device.name,
+        "device": device.device_key,
+        "runtime": device.runtime,
+        "precision": list(device.precisions),
+        "threads": device.threads,
+        "validation": device.validation or {"rows": 0, "note": "no measurement behind this profile: unvalidated"},
+        "est_latency_band": band(device),
+        "fit": {k: v for k, v in device.fit.items() if k != "rows"} if device.fit else None,
+        "aliases": [a for a, target in aliases().items() if target == device.name],
         "title": device.title,
         "path": device.path,
         "kind": device.kind,
@@ -52,6 +63,31 @@ def _decode_text(device: Device) -> str:
     return f"runtime ({', '.join(wd.runtime_ops)}: {slow}, +{wd.layer_us:g} us/layer)"
 
 
+def _band_text(device: Device) -> str:
+    from edgeopt.devices.validation import band
+
+    b = band(device)
+    if not b["validated"]:
+        return "unvalidated"
+    return f"{b['within_25']:.0%} within ±25 %, median {b['median_error']:.0%} ({b['basis']})"
+
+
+def _validation_text(device: Device) -> str:
+    v = device.validation or {}
+    if not v.get("rows"):
+        return "no published measurement behind this profile: estimates are unvalidated"
+    parts = [f"{v['rows']} published rows on {len(v.get('archs', []))} architectures"]
+    for key, label in (("in_sample", "in sample"), ("loao", "leave-one-architecture-out")):
+        s = v.get(key) or {}
+        if s.get("rows"):
+            text = (f"{label}: {s['within_25']:.0%} within ±25 %, median error {s['median_error']:.0%}, "
+                    f"worst {s['worst_error']:.0%}")
+            if s.get("kendall_tau") is not None:
+                text += f", Kendall tau {s['kendall_tau']:.2f}"
+            parts.append(text)
+    return "; ".join(parts)
+
+
 def _clip(text: str, limit: int | None) -> str:
     if limit is None or len(text) <= limit:
         return text
@@ -66,20 +102,21 @@ def command(name, fmt):
     if name is None:
         devices = [load_device(n) for n in device_names()]
         rows = [{
-            "name": d.name, "title": d.title, "precisions": ", ".join(d.precisions), "peak_gops": _peak_text(d),
-            "dram_gbps": d.dram_gbps.effective, "onchip_bytes": d.onchip_capacity, "power_w": d.power_w.value,
-            "calibrated": d.calibrated if d.name == "host" else None,
+            "name": d.name, "device": d.device_key, "runtime": d.runtime, "precisions": ", ".join(d.precisions),
+            "threads": d.threads, "peak_gops": _peak_text(d), "rows": (d.validation or {}).get("rows", 0),
+            "loao": _band_text(d),
         } for d in devices]
         table = Table(title="device profiles (edgeopt devices NAME for figures and sources)", rows=rows, columns=[
             Column("name", "name", justify="left"),
-            Column("title", "device", justify="left"),
-            Column("precisions", "precisions", justify="left"),
+            Column("device", "device", justify="left"),
+            Column("runtime", "runtime", justify="left"),
+            Column("precisions", "precision", justify="left"),
+            Column("threads", "threads"),
             Column("peak_gops", "peak GOPS", justify="left"),
-            Column("dram_gbps", "DRAM GB/s"),
-            Column("onchip_bytes", "on-chip", nbytes),
-            Column("power_w", "W"),
-            Column("calibrated", "calibrated"),
-        ])
+            Column("rows", "published rows"),
+            Column("loao", "validated (leave-one-arch-out)", justify="left"),
+        ], footer=["old names pick a device's default variant: " + ", ".join(
+            f"{a} -> {t}" for a, t in sorted(aliases().items()))])
         emit({"devices": [device_doc(d) for d in devices]}, [table], fmt)
         return
     device = load_device(name)
@@ -96,6 +133,9 @@ def command(name, fmt):
          "source": _clip(device.weight_decode.source or "low-bit weights compute in their own precision", limit)},
     ]
     footer = [device.notes] if device.notes else []
+    footer.append(f"models {device.device_key or '?'} / {device.runtime or 'runtime not named'} / "
+                  f"{', '.join(device.precisions)} / threads {device.threads if device.threads else '-'}")
+    footer.append("validation: " + _validation_text(device))
     if device.name == "host":
         footer.append("calibrated on this machine" if device.calibrated
                       else "not calibrated: run `edgeopt calibrate host`")

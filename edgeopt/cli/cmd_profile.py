@@ -85,6 +85,10 @@ def totals_table(doc: dict, with_key: bool = False) -> Table:
         ]
         if t.get("assumptions"):
             rows.append(("assumed device figures", "assumptions", ", ".join(t["assumptions"])))
+        if t.get("est_latency_band") is not None:
+            from edgeopt.devices.validation import band_text
+
+            rows.append(("estimate validated", "est_latency_band", band_text(t["est_latency_band"])))
     rows.append(("measured latency (this host, onnxruntime)", "measured_latency_ms", _ms(t["measured_latency_ms"])))
     if t.get("predicted_to_measured") is not None:
         rows.append(("predicted / measured", "predicted_to_measured", f"{t['predicted_to_measured']:.2f}"))

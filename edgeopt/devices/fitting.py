@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.devices.measurements import Measurement, model_path
-from edgeopt.devices.model import EFFICIENCY_CLASSES, Device, Figure
+from edgeopt.devices.model import EFFICIENCY_CAP, EFFICIENCY_CLASSES, Device, Figure
 from edgeopt.errors import UserError
 
 EFF = tuple(f"efficiency.{c}" for c in EFFICIENCY_CLASSES)
@@ -88,7 +88,7 @@ def with_figures(device: Device, values: dict[str, float], source: str | None = 
     efficiency = dict(device.efficiency)
     for key, cls in zip(EFF, EFFICIENCY_CLASSES):
         if key in values:
-            efficiency[cls] = fig(key, min(values[key], 1.0))
+            efficiency[cls] = fig(key, min(values[key], EFFICIENCY_CAP.get(cls, 1.0)))
     changes = {k: fig(k, values[k]) for k in SCALAR if k in values}
     return dataclasses.replace(device, efficiency=efficiency, **changes)
 
@@ -124,10 +124,14 @@ def terms_for(model, device: Device) -> Terms:
                  prof.totals.get("est_transfer_ms", 0.0) * 1e-3, total)
 
 
+def _cap(key: str) -> float:
+    return EFFICIENCY_CAP.get(key.split(".", 1)[1], 1.0)
+
+
 def predict_ms(terms: Terms, prior: dict[str, float], values: dict[str, float]) -> float:
     """Latency at `values` from terms priced at `prior` (the formula in the module docstring)."""
     e0 = np.array([prior[k] for k in EFF])
-    e = np.array([min(values[k], 1.0) for k in EFF])
+    e = np.array([min(values[k], _cap(k)) for k in EFF])
     compute = terms.compute_s * (e0 / e)[terms.cls]
     memory = terms.memory_s * (prior["dram_gbps"] / values["dram_gbps"])
     total = float(np.maximum(compute, memory).sum())
@@ -184,7 +188,7 @@ def fit(device: Device, rows: list[Measurement], cache: TermCache | None = None,
                 res.append((x[i] - x0[i]) / PRIOR_SIGMA.get(key, 1.0))
         return np.array(res)
 
-    upper = np.array([0.0 if k.startswith("efficiency.") else np.inf for k in free])
+    upper = np.array([math.log(_cap(k)) if k.startswith("efficiency.") else np.inf for k in free])
     lower = np.array([math.log(1e-4) if k.startswith("efficiency.") else -np.inf for k in free])
     start = np.minimum(x0, upper - 1e-9)
     sol = least_squares(residuals, start, bounds=(lower, upper), loss="soft_l1", f_scale=2.0, x_scale=1.0)

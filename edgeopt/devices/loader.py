@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from edgeopt.devices.model import (_FIGURE_KEYS, EFFICIENCY_CLASSES, MARKS, OP_CLASSES, PRECISIONS,
+from edgeopt.devices.model import (_FIGURE_KEYS, EFFICIENCY_CAP, EFFICIENCY_CLASSES, MARKS, OP_CLASSES, PRECISIONS,
                                    WEIGHT_CACHE_MODES, WEIGHT_DECODE_MODES, Device, Figure, WeightDecode)
 from edgeopt.devices.host import apply_host_calibration
 from edgeopt.errors import UserError
@@ -166,8 +166,9 @@ def parse_device(data: dict, path: Path | str = "<device>") -> Device:
             hint = f"; did you mean {close[0]!r}?" if close else f"; use {', '.join(EFFICIENCY_CLASSES)}"
             fail(f"efficiency.{cls}", f"unknown op class{hint}")
         fig = _figure(raw, f"efficiency.{cls}", fail, positive=True)
-        if fig.effective is not None and fig.effective > 1:
-            fail(f"efficiency.{cls}", f"{fig.effective} is a fraction of peak and must be in (0, 1]")
+        cap = EFFICIENCY_CAP.get(cls, 1.0)
+        if fig.effective is not None and fig.effective > cap:
+            fail(f"efficiency.{cls}", f"{fig.effective} is a fraction of peak and must be in (0, {cap:g}]")
         efficiency[cls] = fig
     for cls in OP_CLASSES:
         efficiency.setdefault(cls, Figure(None, note="not given: peak assumed", assume=1.0))

@@ -60,6 +60,7 @@ def validate(device: Device, rows: list[Measurement], cache: TermCache, result: 
     out = {
         "rows": len(rows),
         "archs": sorted({r.key for r in rows}),
+        "loao_predicted_ms": [None if p is None else round(p, 4) for p in loao],
         "in_sample": result.stats,
         "loao": error_stats([m for m, _ in kept], [p for _, p in kept]) if kept else {"rows": 0},
     }
@@ -82,3 +83,11 @@ def band(device: Device) -> dict:
     return {"validated": True, "rows": v["rows"], "basis": basis,
             "median_error": stats.get("median_error"), "worst_error": stats.get("worst_error"),
             "within_25": stats.get("within_25")}
+
+
+def band_text(b: dict) -> str:
+    """One line for a table footer."""
+    if not b.get("validated"):
+        return "unvalidated: no published measurement behind this profile"
+    return (f"{b['within_25']:.0%} of {b['rows']} published rows within ±25 %, median error "
+            f"{b['median_error']:.0%} ({b['basis']})")

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from edgeopt.devices.fitting import EFF, FitResult
-from edgeopt.devices.model import Device, Figure
+from edgeopt.devices.model import EFFICIENCY_CAP, Device, Figure
 
 
 def figure_data(fig: Figure):
@@ -66,7 +66,8 @@ def apply_fit(data: dict, result: FitResult, validation: dict | None, what: str)
     efficiency = dict(out.get("efficiency") or {})
     for key in result.free:
         value, prior = result.values[key], result.priors[key]
-        fig = {"value": round(min(value, 1.0) if key in EFF else value, 6), "mark": "C",
+        fig = {"value": round(min(value, EFFICIENCY_CAP.get(key.split(".", 1)[1], 1.0)) if key in EFF else value, 6),
+               "mark": "C",
                "prior": round(prior, 6), "source": source}
         if key in EFF:
             efficiency[key.split(".", 1)[1]] = fig
@@ -82,6 +83,9 @@ def apply_fit(data: dict, result: FitResult, validation: dict | None, what: str)
                  for r, p in zip(result.rows, result.predicted_ms)],
     }
     if validation is not None:
+        validation = dict(validation)
+        for row, held in zip(out["fit"]["rows"], validation.pop("loao_predicted_ms", [])):
+            row["loao_ms"] = held  # predicted by a fit that never saw this row's architecture
         out["validation"] = validation
     return out
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from edgeopt.devices import Device
+from edgeopt.devices.validation import band
 from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, device_weight_bytes, layer_cost
 from edgeopt.profile.counting import VIEW, Count, count_node, estimate_node
 from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
@@ -400,6 +401,7 @@ def _totals(info, order, layers, table, sparse_ok, live, names, device) -> dict:
         peak_activation_fits_onchip=None if capacity is None or totals["peak_activation_bytes"] is None
         else totals["peak_activation_bytes"] <= capacity,
         device_calibrated=device.calibrated,
+        est_latency_band=band(device),
         assumptions=device.assumptions(),
     )
     return totals

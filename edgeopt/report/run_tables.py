@@ -63,6 +63,13 @@ def _deltas(doc: dict) -> list[str]:
     return ["  input -> output: " + ", ".join(parts)] if parts and len(doc["stages"]) > 1 else []
 
 
+def _bands(doc: dict) -> list[str]:
+    """How far each device's estimate was validated against published measurements."""
+    from edgeopt.devices.validation import band_text
+
+    return [f"  {name} estimate: {band_text(b)}" for name, b in (doc.get("device_bands") or {}).items()]
+
+
 def _extra_device_columns(doc: dict) -> list[Column]:
     names = list((doc["stages"][0].get("devices") or {}))[1:]
     return [Column(f"est_latency_ms@{name}", f"{name} est ms", fixed(3), priority=4) for name in names]
@@ -101,6 +108,7 @@ def run_tables(doc: dict) -> list[Table]:
         ],
         rows=rows,
         footer=[f"  {s['pass']}: {s['summary']}" for s in doc["stages"][1:] if s.get("summary")] + _deltas(doc)
+        + _bands(doc)
         + _per_output(doc) + _warnings(doc),
     )
     tables = [stages]
