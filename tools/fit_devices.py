@@ -22,10 +22,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeopt.devices.fitting import TermCache, fit  # noqa: E402
+from edgeopt.devices.fitting import TermCache, fit_group  # noqa: E402
 from edgeopt.devices.loader import DEVICE_DIR, parse_device, _with_base  # noqa: E402
 from edgeopt.devices.measurements import TRUTH_CSV, matches, read_measurements, usable  # noqa: E402
-from edgeopt.devices.validation import validate  # noqa: E402
+from edgeopt.devices.validation import validate_group  # noqa: E402
 from edgeopt.devices.writer import apply_fit, write_yaml  # noqa: E402
 
 NCNN_FUSES = ["BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid"]
@@ -117,6 +117,16 @@ PROFILES = [
     spec("snapdragon820-ncnn-fp16-1t", "snapdragon820", "snapdragon820", "ncnn", "fp16", 1),
     spec("snapdragon820-ncnn-fp16-4t", "snapdragon820", "snapdragon820", "ncnn", "fp16", 4),
 ]
+def runtime_family(s: dict) -> str:
+    """Profiles whose runtime runs the same kernels: they share class-efficiency ratios in the fit."""
+    runtime = s["runtime"]
+    if runtime in ("xnnpack", "tflite"):
+        return "tflite"
+    if runtime in ("openvino", "ncsdk"):
+        return "movidius"
+    return runtime
+
+
 PRECISION_FROM_FP32 = {"fp16": 1.0, "int8": 2.0, "fp32": 1.0}  # an ARMv8.0 core without that arithmetic
 
 
@@ -172,25 +182,40 @@ def main() -> int:
     only = set(args.only.split(",")) if args.only else None
     rows = usable(read_measurements(TRUTH_CSV))
     cache = TermCache(args.models)
+    groups: dict[str, list[dict]] = {}
     for s in PROFILES:
-        if only and s["name"] not in only:
+        groups.setdefault(runtime_family(s), []).append(s)
+    for family, specs in groups.items():
+        if only and not any(s["name"] in only for s in specs):
             continue
-        data = variant_data(s)
-        path = DEVICE_DIR / f"{s['name']}.yaml"
-        device = parse_device(_with_base(data, path), path)
-        mine = [r for r in rows if matches(device, r)]
-        if mine:
-            result = fit(device, mine, cache)
-            check = validate(device, mine, cache, result)
-            data = apply_fit(data, result, check, "published rows (bench/device_truth/published.csv)")
-            loao = check["loao"]
-            print(f"{s['name']:38s} rows {len(mine):3d}  in-sample within25 {result.stats['within_25']:.2f} "
-                  f"median {result.stats['median_error']:.2f} | LOAO within25 {loao.get('within_25', float('nan')):.2f} "
-                  f"median {loao.get('median_error', float('nan')):.2f} tau {loao.get('kendall_tau')}", flush=True)
+        members, datas, paths = [], [], []
+        for s in specs:
+            data = variant_data(s)
+            path = DEVICE_DIR / f"{s['name']}.yaml"
+            device = parse_device(_with_base(data, path), path)
+            members.append((device, [r for r in rows if matches(device, r)]))
+            datas.append(data)
+            paths.append(path)
+        if not any(r for _, r in members):
+            results, checks = [None] * len(members), [None] * len(members)
         else:
-            data["validation"] = {"rows": 0, "note": "no published classification row: unvalidated"}
-            print(f"{s['name']:38s} rows   0  unvalidated", flush=True)
-        write_yaml(data, path)
+            results = fit_group(members, cache)
+            checks = validate_group(members, cache, results)
+        for (device, mine), data, path, result, check in zip(members, datas, paths, results, checks):
+            what = f"published rows (bench/device_truth/published.csv), fitted with the {family} group"
+            if mine:
+                data = apply_fit(data, result, check, what)
+                loao = check["loao"]
+                print(f"{device.name:38s} rows {len(mine):3d}  in-sample within25 {result.stats['within_25']:.2f} "
+                      f"| LOAO within25 {loao.get('within_25', float('nan')):.2f} "
+                      f"median {loao.get('median_error', float('nan')):.2f} tau {loao.get('kendall_tau')}", flush=True)
+            else:
+                if result is not None:  # no rows of its own: the group's class ratios, its own figures
+                    data = apply_fit(data, result, None, f"the {family} group's class ratios (no rows of its own)")
+                    data["fit"].pop("rows", None)
+                data["validation"] = {"rows": 0, "note": "no published classification row: unvalidated"}
+                print(f"{device.name:38s} rows   0  unvalidated", flush=True)
+            write_yaml(data, path)
     return 0
 
 

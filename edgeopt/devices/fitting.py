@@ -160,42 +160,91 @@ class TermCache:
 def fit(device: Device, rows: list[Measurement], cache: TermCache | None = None,
         free: list[str] | None = None) -> FitResult:
     """Least squares on log latency of the free figures of `device` to `rows` (priors: its figures)."""
-    from scipy.optimize import least_squares
-
     if not rows:
         raise UserError(f"{device.name}: no measurements to fit")
-    cache = cache or TermCache()
-    prior = prior_values(device)
-    free = [k for k in (free or list(prior)) if k in prior]
-    terms = [cache.get(device, prior, r) for r in rows]
-    measured = np.log([r.latency_ms for r in rows])
-    x0 = np.log([prior[k] for k in free])
-    conv_i = free.index("efficiency.conv") if "efficiency.conv" in free else None
+    return fit_group([(device, rows)], cache, free)[0]
 
-    def values_of(x):
-        values = dict(prior)
-        values.update({k: math.exp(v) for k, v in zip(free, x)})
+
+def fit_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache | None = None,
+              free: list[str] | None = None) -> list[FitResult]:
+    """One least-squares fit of several profiles of one runtime family.
+
+    What a runtime's kernels do is shared: each class efficiency is conv's times a ratio common to the
+    group (Winograd 3x3, the depthwise kernel, the GEMM path are the same code on every board). What
+    the board gives is each profile's own: its conv efficiency, bandwidth, overheads and host link.
+    A profile without rows keeps its own figures and takes the group's ratios.
+    """
+    from scipy.optimize import least_squares
+    from scipy.sparse import lil_matrix
+
+    cache = cache or TermCache()
+    ratio_keys = [k for k in EFF if k != "efficiency.conv" and (free is None or k in free)]
+    priors = [prior_values(d) for d, _ in members]
+    own_keys = [[k for k in ("efficiency.conv", *SCALAR) if k in pr and (free is None or k in free)]
+                for pr in priors]
+    # the ratios' prior: the members' own ratios, averaged in log space
+    r0 = np.array([np.mean([math.log(pr[k] / pr["efficiency.conv"]) for pr in priors]) for k in ratio_keys])
+    offsets, n = [], len(ratio_keys)
+    for keys in own_keys:
+        offsets.append(n)
+        n += len(keys)
+    x0 = np.concatenate([r0] + [np.log([pr[k] for k in keys]) for pr, keys in zip(priors, own_keys)])
+    terms = [[cache.get(d, pr, r) for r in rows] for (d, rows), pr in zip(members, priors)]
+    measured = [np.log([r.latency_ms for r in rows]) for _, rows in members]
+
+    def values_of(x, m):
+        pr, keys = priors[m], own_keys[m]
+        values = dict(pr)
+        values.update({k: math.exp(v) for k, v in zip(keys, x[offsets[m]:offsets[m] + len(keys)])})
+        conv = values["efficiency.conv"]
+        for i, k in enumerate(ratio_keys):
+            values[k] = conv * math.exp(x[i])
         return values
 
     def residuals(x):
-        values = values_of(x)
-        pred = np.log([predict_ms(t, prior, values) for t in terms])
-        res = list((pred - measured) / DATA_SIGMA)
-        for i, key in enumerate(free):
-            if key.startswith("efficiency.") and key != "efficiency.conv" and conv_i is not None:
-                res.append(((x[i] - x0[i]) - (x[conv_i] - x0[conv_i])) / TIE_SIGMA)
-            else:
-                res.append((x[i] - x0[i]) / PRIOR_SIGMA.get(key, 1.0))
+        res = []
+        for m in range(len(members)):
+            values = values_of(x, m)
+            if terms[m]:
+                pred = np.log([predict_ms(t, priors[m], values) for t in terms[m]])
+                res.extend((pred - measured[m]) / DATA_SIGMA)
+            for j, key in enumerate(own_keys[m]):
+                res.append((x[offsets[m] + j] - x0[offsets[m] + j]) / PRIOR_SIGMA.get(key, 1.0))
+        res.extend((x[:len(ratio_keys)] - r0) / TIE_SIGMA)
         return np.array(res)
 
-    upper = np.array([math.log(_cap(k)) if k.startswith("efficiency.") else np.inf for k in free])
-    lower = np.array([math.log(1e-4) if k.startswith("efficiency.") else -np.inf for k in free])
+    rows_n = sum(len(t) + len(k) for t, k in zip(terms, own_keys)) + len(ratio_keys)
+    sparsity = lil_matrix((rows_n, len(x0)), dtype=int)
+    i = 0
+    for m in range(len(members)):
+        block = list(range(offsets[m], offsets[m] + len(own_keys[m])))
+        for _ in terms[m]:
+            sparsity[i, :len(ratio_keys)] = 1
+            sparsity[i, block] = 1
+            i += 1
+        for j in block:
+            sparsity[i, j] = 1
+            i += 1
+    for j in range(len(ratio_keys)):
+        sparsity[i, j] = 1
+        i += 1
+    upper = np.full(len(x0), np.inf)
+    for m, keys in enumerate(own_keys):
+        if "efficiency.conv" in keys:
+            upper[offsets[m] + keys.index("efficiency.conv")] = 0.0
     start = np.minimum(x0, upper - 1e-9)
-    sol = least_squares(residuals, start, bounds=(lower, upper), loss="soft_l1", f_scale=2.0, x_scale=1.0)
-    values = values_of(sol.x)
-    predicted = [predict_ms(t, prior, values) for t in terms]
-    return FitResult(device=device, values=values, priors=prior, rows=list(rows), predicted_ms=predicted,
-                     free=free, stats=error_stats([r.latency_ms for r in rows], predicted))
+    sol = least_squares(residuals, start, bounds=(np.full(len(x0), -np.inf), upper), loss="soft_l1",
+                        f_scale=2.0, jac_sparsity=sparsity)
+    results = []
+    for m, (device, rows) in enumerate(members):
+        values = values_of(sol.x, m)
+        for k in EFF:  # what the cost model can use: each class capped at its ceiling
+            values[k] = min(values[k], _cap(k))
+        predicted = [predict_ms(t, priors[m], values) for t in terms[m]]
+        results.append(FitResult(device=device, values=values, priors=priors[m], rows=list(rows),
+                                 predicted_ms=predicted, free=own_keys[m] + ratio_keys,
+                                 stats=error_stats([r.latency_ms for r in rows], predicted)))
+    return results
 
 
 def error_stats(measured: list[float], predicted: list[float]) -> dict:

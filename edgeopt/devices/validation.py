@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from edgeopt.devices.fitting import FitResult, TermCache, error_stats, fit, predict_ms
+from edgeopt.devices.fitting import FitResult, TermCache, error_stats, fit, fit_group, predict_ms
 from edgeopt.devices.measurements import Measurement
 from edgeopt.devices.model import Device
 
@@ -29,6 +29,49 @@ def leave_one_arch_out(device: Device, rows: list[Measurement], cache: TermCache
         for i in held:
             predicted[i] = predict_ms(cache.get(device, result.priors, rows[i]), result.priors, result.values)
     return predicted
+
+
+def leave_one_arch_out_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache,
+                             ) -> list[list[float | None]]:
+    """LOAO for a group fit: each architecture leaves every member's rows, the group is refitted."""
+    predicted = [[None] * len(rows) for _, rows in members]
+    keys = sorted({r.key for _, rows in members for r in rows})
+    for key in keys:
+        train = [(d, [r for r in rows if r.key != key]) for d, rows in members]
+        if not any(rows for _, rows in train):
+            continue
+        results = fit_group(train, cache)
+        for m, (device, rows) in enumerate(members):
+            if not train[m][1]:
+                continue  # the member's only architecture: nothing of its own left to fit on
+            for i, r in enumerate(rows):
+                if r.key == key:
+                    res = results[m]
+                    predicted[m][i] = predict_ms(cache.get(device, res.priors, r), res.priors, res.values)
+    return predicted
+
+
+def validate_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache,
+                   results: list[FitResult]) -> list[dict]:
+    """The validation block of each member of a group fit."""
+    loao = leave_one_arch_out_group(members, cache)
+    return [_block(rows, result, held) for (_, rows), result, held in zip(members, results, loao)]
+
+
+def _block(rows: list[Measurement], result: FitResult, loao: list[float | None]) -> dict:
+    kept = [(r.latency_ms, p) for r, p in zip(rows, loao) if p is not None]
+    out = {
+        "rows": len(rows),
+        "archs": sorted({r.key for r in rows}),
+        "loao_predicted_ms": [None if p is None else round(p, 4) for p in loao],
+        "in_sample": result.stats,
+        "loao": error_stats([m for m, _ in kept], [p for _, p in kept]) if kept else {"rows": 0},
+    }
+    if kept:
+        good_rows = [r for r, p in zip(rows, loao) if p is not None]
+        meas, pred = per_arch(good_rows, [p for p in loao if p is not None])
+        out["loao"]["kendall_tau"] = kendall_tau(meas, pred)
+    return out
 
 
 def kendall_tau(measured: list[float], predicted: list[float]) -> float | None:

@@ -62,7 +62,8 @@ def device_data(device: Device) -> dict:
 def apply_fit(data: dict, result: FitResult, validation: dict | None, what: str) -> dict:
     """`data` with the fitted figures (mark C, their prior and the rows' description) and the fit block."""
     out = dict(data)
-    source = f"fitted to {what}: {len(result.rows)} rows, in-sample median error {result.stats['median_error']:.0%}"
+    source = (f"fitted to {what}: {len(result.rows)} rows, in-sample median error {result.stats['median_error']:.0%}"
+              if result.rows else f"from {what}")
     efficiency = dict(out.get("efficiency") or {})
     for key in result.free:
         value, prior = result.values[key], result.priors[key]
