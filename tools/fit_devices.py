@@ -124,6 +124,9 @@ def runtime_family(s: dict) -> str:
         return "tflite"
     if runtime in ("openvino", "ncsdk"):
         return "movidius"
+    if runtime in ("pytorch", "opencv", "onnxruntime", "tensorflow"):  # CPU and GPU builds share no kernels
+        chip = yaml.safe_load((DEVICE_DIR / "chips" / f"{s['chip']}.yaml").read_text())
+        return f"{runtime}-{chip.get('kind', 'cpu')}"
     return runtime
 
 

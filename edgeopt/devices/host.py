@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from edgeopt.devices.model import OP_CLASSES, Device, Figure
+from edgeopt.devices.model import EFFICIENCY_CAP, EFFICIENCY_CLASSES, OP_CLASSES, Device, Figure
 from edgeopt.errors import UserError
 
 
@@ -51,8 +51,8 @@ def apply_host_calibration(device: Device, path: Path | None = None) -> Device:
     source = f"calibrated on this machine ({data.get('date', '?')}, onnxruntime {data.get('onnxruntime', '?')})"
     efficiency = dict(device.efficiency)
     for cls, value in (data.get("efficiency") or {}).items():
-        if cls in OP_CLASSES and isinstance(value, (int, float)) and value > 0:
-            efficiency[cls] = Figure(min(float(value), 1.0), source=source, mark="C")
+        if cls in EFFICIENCY_CLASSES and isinstance(value, (int, float)) and value > 0:
+            efficiency[cls] = Figure(min(float(value), EFFICIENCY_CAP.get(cls, 1.0)), source=source, mark="C")
     dram = device.dram_gbps
     if isinstance(data.get("dram_gbps"), (int, float)) and data["dram_gbps"] > 0:
         dram = Figure(float(data["dram_gbps"]), source=source, mark="C")

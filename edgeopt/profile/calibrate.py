@@ -264,8 +264,70 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
     if write:
         path = host_calibration_path()
         write_atomic(path, yaml.safe_dump(result, sort_keys=False).encode())
+        say("calibrate: whole networks (zoo MobileNetV2 / ResNet-18 at several sizes), least squares")
+        result.update(fit_networks(budget_s))
+        write_atomic(path, yaml.safe_dump(result, sort_keys=False).encode())
         result["path"] = str(path)
     return result
+
+
+def training_networks() -> list[tuple[str, onnx.ModelProto]]:
+    """What `calibrate host` fits whole-network figures on: the zoo builders at sizes unlike any export
+    (so the corpus and the exported architectures stay held out), plus plain conv stacks."""
+    from edgeopt.zoo import build_mobilenet_v2, build_resnet18
+
+    nets = [("mobilenet_v2 x0.5 @160", build_mobilenet_v2(width_mult=0.5, resolution=160)),
+            ("mobilenet_v2 x1.0 @192", build_mobilenet_v2(resolution=192)),
+            ("resnet18 @128", build_resnet18(resolution=128)),
+            ("resnet18 @192", build_resnet18(resolution=192))]
+    rng = np.random.default_rng(7)
+    for label, cin, cout, hw, k, group in (("conv3x3 64@56", 64, 64, 56, 3, 1), ("pointwise 128@28", 128, 256, 28, 1, 1),
+                                           ("depthwise 256@28", 256, 256, 28, 3, 256), ("grouped 128@28 g8", 128, 128, 28, 3, 8),
+                                           ("conv5x5 32@56", 32, 64, 56, 5, 1)):
+        w = (rng.normal(size=(cout, cin // group, k, k)) * 0.05).astype(np.float32)
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[k // 2] * 4, group=group),
+                 helper.make_node("Relu", ["y"], ["z"])]
+        graph = helper.make_graph(nodes, label, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w")])
+        nets.append((label, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])))
+    return nets
+
+
+def fit_networks(budget_s: float) -> dict:
+    """Time the training networks here and fit the host's free figures to them (devices.fitting)."""
+    import tempfile
+    from pathlib import Path
+
+    from edgeopt.devices import load_device
+    from edgeopt.devices.fitting import TermCache, fit
+    from edgeopt.devices.measurements import Measurement
+    from edgeopt.graph.shapes import graph_inputs
+
+    rng = np.random.default_rng(0)
+    rows, labels = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, model in training_networks():
+            labels.append(label)
+            path = Path(tmp) / f"{label.replace(' ', '_').replace('@', 'at')}.onnx"
+            onnx.save(model, path)
+            feeds = {vi.name: rng.standard_normal([d.dim_value for d in vi.type.tensor_type.shape.dim]).astype(np.float32)
+                     for vi in graph_inputs(model)}
+            ms = measure_latency(model, feeds, max_seconds=max(budget_s * 2, 0.2))
+            rows.append(Measurement(latency_ms=ms, model=str(path)))
+        device = load_device("host")  # the micro-benchmark figures just stored: the fit's priors
+        result = fit(device, rows, TermCache(tmp))
+    values = result.values
+    return {
+        "efficiency": {k.split(".", 1)[1]: round(v, 5) for k, v in values.items() if k.startswith("efficiency.")},
+        "dram_gbps": round(values["dram_gbps"], 3),
+        "layer_overhead_us": round(values["layer_overhead_us"], 3),
+        "run_overhead_us": round(values["run_overhead_us"], 3),
+        "network_fit": {"rows": [{"model": label, "measured_ms": round(r.latency_ms, 4), "fitted_ms": round(p, 4)}
+                                 for label, r, p in zip(labels, rows, result.predicted_ms)],
+                        "error": result.stats},
+    }
+
 
 
 def _static_host() -> Device:
