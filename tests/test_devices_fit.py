@@ -142,8 +142,9 @@ def test_devices_json_says_what_each_profile_models():
 
 def test_old_names_pick_a_default_variant():
     for old, new in aliases().items():
-        assert load_device(old).name == new
+        assert load_device(old).variant == new and load_device(old).name == old
     assert load_device("coral-edgetpu").device_key == "coral-usb"
+    assert load_device("rpi4").name == "rpi4" and load_device("rpi4").variant == "rpi4-ncnn-fp16-4t"
 
 
 @pytest.mark.parametrize("name", [n for n in device_names() if n != "host"])

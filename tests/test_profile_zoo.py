@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.devices import load_device
+from edgeopt.devices import DEVICE_DIR, load_device
 from edgeopt.graph.io import load_model
 from edgeopt.profile import profile_model
 
@@ -41,7 +41,7 @@ def test_resnet50_weights_do_not_fit_myriadx(zoo_models):
 
 
 def test_depthwise_layers_memory_bound_on_rpi3(zoo_models):
-    layers = profile_model(zoo_models["mobilenetv2-1.0-224"], load_device("rpi3")).layers
+    layers = profile_model(zoo_models["mobilenetv2-1.0-224"], load_device(str(DEVICE_DIR / "chips" / "rpi3.yaml"))).layers
     depthwise = [l for l in layers if l["op_class"] == "depthwise"]
     assert len(depthwise) == 17
     memory_bound = [l for l in depthwise if l["bound"] == "memory"]

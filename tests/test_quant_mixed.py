@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from edgeopt.devices import load_device
+from edgeopt.devices import DEVICE_DIR, load_device
 from edgeopt.errors import UserError
 from edgeopt.passes import PassContext, get_pass
 from edgeopt.quant.mixed import Budget, Layer, order_moves, search
@@ -153,7 +153,7 @@ def test_latency_on_an_fp16_device_without_int8_picks_float16_not_int8():
     by weight bytes the same layers go to int8 / int4."""
     model = conv_model()
     data = {"x": np.random.default_rng(2).standard_normal((2, 16, 64, 64)).astype(np.float32)}
-    device = load_device("jetson-nano")
+    device = load_device(str(DEVICE_DIR / "chips" / "jetson-nano.yaml"))  # computes in fp16 and fp32
     assert "int8" not in device.precisions and "fp16" in device.precisions
     fast = PASS().apply(model, PASS.Params(bits="auto", objective="est_latency_ms"),
                         PassContext(data=data, device=device))

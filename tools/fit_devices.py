@@ -213,7 +213,8 @@ def main() -> int:
                       f"| LOAO within25 {loao.get('within_25', float('nan')):.2f} "
                       f"median {loao.get('median_error', float('nan')):.2f} tau {loao.get('kendall_tau')}", flush=True)
             else:
-                if result is not None:  # no rows of its own: the group's class ratios, its own figures
+                if result is not None:  # no rows of its own: the group's class ratios on its own conv figure
+                    result.free = [k for k in result.free if k.startswith("efficiency.") and k != "efficiency.conv"]
                     data = apply_fit(data, result, None, f"the {family} group's class ratios (no rows of its own)")
                     data["fit"].pop("rows", None)
                 data["validation"] = {"rows": 0, "note": "no published classification row: unvalidated"}

@@ -20,6 +20,7 @@ def device_doc(device: Device) -> dict:
 
     return {
         "name": device.name,
+        **({"variant": device.variant} if device.variant else {}),
         "device": device.device_key,
         "runtime": device.runtime,
         "precision": list(device.precisions),

@@ -5,6 +5,7 @@ A bad file is one UserError line naming the file and the field; an unknown name 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from pathlib import Path
@@ -52,7 +53,7 @@ def load_device(name_or_path: str) -> Device:
         if not path.exists():
             raise UserError(f"{path}: device file not found; check the path")
         return _load_file(path)
-    text = aliases().get(text, text)
+    alias, text = text, aliases().get(text, text)
     path = DEVICE_DIR / f"{text}.yaml"
     if not path.exists():
         names = sorted(set(device_names()) | set(aliases()))
@@ -63,6 +64,8 @@ def load_device(name_or_path: str) -> Device:
     device = _load_file(path)
     if device.name == "host":
         device = apply_host_calibration(device)
+    if alias != text:  # an old short name: reports keep the name the user gave, and say which variant
+        device = dataclasses.replace(device, name=alias, variant=text)
     return device
 
 

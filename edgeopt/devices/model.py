@@ -138,6 +138,7 @@ class Device:
     activations_onchip: bool = False  # activations never spill (Edge TPU: the compiler keeps them on chip)
     fit: dict = field(default_factory=dict)  # rows the C figures were fitted on and the fit's error
     validation: dict = field(default_factory=dict)  # held against published rows (in sample, leave-one-arch-out)
+    variant: str = ""  # loaded by a short name (aliases.yaml): the profile it picked
 
     # -- what the cost model and the passes read --------------------------------------------
     @property

@@ -276,10 +276,10 @@ def training_networks() -> list[tuple[str, onnx.ModelProto]]:
     (so the corpus and the exported architectures stay held out), plus plain conv stacks."""
     from edgeopt.zoo import build_mobilenet_v2, build_resnet18
 
-    nets = [("mobilenet_v2 x0.5 @160", build_mobilenet_v2(width_mult=0.5, resolution=160)),
-            ("mobilenet_v2 x1.0 @192", build_mobilenet_v2(resolution=192)),
-            ("resnet18 @128", build_resnet18(resolution=128)),
-            ("resnet18 @192", build_resnet18(resolution=192))]
+    nets = [("mobilenet_v2 x0.5 @160", build_mobilenet_v2(width_mult=0.5, resolution=160, calibration_images=2)),
+            ("mobilenet_v2 x1.0 @192", build_mobilenet_v2(resolution=192, calibration_images=2)),
+            ("resnet18 @128", build_resnet18(resolution=128, calibration_images=2)),
+            ("resnet18 @192", build_resnet18(resolution=192, calibration_images=2))]
     rng = np.random.default_rng(7)
     for label, cin, cout, hw, k, group in (("conv3x3 64@56", 64, 64, 56, 3, 1), ("pointwise 128@28", 128, 256, 28, 1, 1),
                                            ("depthwise 256@28", 256, 256, 28, 3, 256), ("grouped 128@28 g8", 128, 128, 28, 3, 8),

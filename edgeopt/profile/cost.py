@@ -77,7 +77,9 @@ def device_weight_bytes(device: Device, stored_precision: str | None, weights: l
     """Weight bytes as the device holds them: stored size, or the compute width when smaller (an fp32
     weight on an fp16 device is converted once, on an int8 device quantized once; int4 stays int4)."""
     p = device.compute_precision(stored_precision or device.default_precision)
-    width = PRECISION_BYTES[p]  # fp32 weights on an int8-only device (Edge TPU) are held as int8
+    if p not in ("fp16", "fp32") and stored_precision not in (None, "fp16", "fp32"):
+        return sum(w.stored_bytes for w in weights)  # already integer: held as stored (int4 stays int4)
+    width = PRECISION_BYTES[p]  # fp32 weights on an int8-only device (Edge TPU) are quantized once
     return sum(min(w.stored_bytes, int(w.numel * width + 0.5)) for w in weights)
 
 
