@@ -33,7 +33,7 @@ def _models() -> list[tuple[str, Path, Path | None]]:
     for m in MODELS:
         path, data = model_path(m, cache), data_path(m, cache)
         if path.exists():
-            out.append((m.name, path, data if data.exists() else None))
+            out.append((m.key, path, data if data.exists() else None))
     return out
 
 
