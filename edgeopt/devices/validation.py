@@ -98,20 +98,7 @@ def validate(device: Device, rows: list[Measurement], cache: TermCache, result: 
              free: list[str] | None = None) -> dict:
     """The validation block of a fitted profile: in sample and LOAO error, ranking, the archs used."""
     result = result or fit(device, rows, cache, free)
-    loao = leave_one_arch_out(device, rows, cache, free)
-    kept = [(r.latency_ms, p) for r, p in zip(rows, loao) if p is not None]
-    out = {
-        "rows": len(rows),
-        "archs": sorted({r.key for r in rows}),
-        "loao_predicted_ms": [None if p is None else round(p, 4) for p in loao],
-        "in_sample": result.stats,
-        "loao": error_stats([m for m, _ in kept], [p for _, p in kept]) if kept else {"rows": 0},
-    }
-    if kept:
-        good_rows = [r for r, p in zip(rows, loao) if p is not None]
-        meas, pred = per_arch(good_rows, [p for p in loao if p is not None])
-        out["loao"]["kendall_tau"] = kendall_tau(meas, pred)
-    return out
+    return _block(rows, result, leave_one_arch_out(device, rows, cache, free))
 
 
 def band(device: Device) -> dict:
