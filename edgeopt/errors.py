@@ -34,3 +34,10 @@ class VerificationError(EdgeoptError):
     """A pass produced a model that fails verification; nothing is written."""
 
     exit_code = 3
+
+
+class OutOfMemory(UserError):
+    """A pass cannot hold what it needs in the memory this process may still take (edgeopt.graph.activations):
+    one line and exit 2, instead of a kernel kill. The pipeline lets it through with the pass's name."""
+
+    exit_code = 2

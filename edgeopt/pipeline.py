@@ -22,7 +22,7 @@ from edgeopt import __version__
 from edgeopt.devices import calibration_warning, load_device
 from edgeopt.devices.validation import band
 from edgeopt.checks import describe_failure, evaluate_checks
-from edgeopt.errors import CheckFailed, UserError, VerificationError
+from edgeopt.errors import CheckFailed, OutOfMemory, UserError, VerificationError
 from edgeopt.graph.io import read_model, save_model
 from edgeopt.graph.shapes import data_dims, fix_input_shapes, graph_inputs, refresh_shapes, resolve_input_shapes
 from edgeopt.invariants import lossless_macs_problem, random_input_warning, wreck_warning
@@ -286,6 +286,8 @@ def run_recipe(recipe: Recipe, options: RunOptions) -> dict:
             cached = options.cache.get(key)
         try:
             result = cached or cls().apply(prev_model, spec.params, ctx)
+        except OutOfMemory as exc:  # what it needs cannot fit here: one line, exit 2 (graph/activations.py)
+            raise OutOfMemory(f"{label}: {exc}") from None
         except Exception as exc:  # a pass must skip what it cannot handle; reaching here is a bug
             if os.environ.get("EDGEOPT_DEBUG"):
                 raise
