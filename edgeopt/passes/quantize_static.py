@@ -8,6 +8,8 @@ from typing import Literal
 import numpy as np
 import onnx
 
+from edgeopt.errors import OutOfMemory
+from edgeopt.graph.activations import run_chunk
 from edgeopt.graph.edit import to_ir, to_proto
 from edgeopt.passes import NodeNote, Pass, PassContext, PassResult, helper, param, register
 from edgeopt.quant.calibrate import StaticQuantizer
@@ -24,8 +26,9 @@ from edgeopt.verify.runtime import make_session, run_batched, static_batch
 
 HEAVY_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 SENSITIVITY_SAMPLES = 64
+SENSITIVITY_ELEMENTS = 16 << 20  # ... and at most this many input elements (13 samples of 3x640x640): the
+# ranking runs both models exposing every quantized tensor, a minute per 30 samples at that size
 RANDOM_SAMPLES = 32  # random calibration inputs when the recipe has no data
-CALIBRATION_BATCH = 32  # samples per calibration run when the batch dim is free
 EVAL_SAMPLES = 256  # fidelity against the float model is measured on this many samples of the data
 LATENCY_SERIES = 2  # independent measurements (10th percentile and median) that must all show int8 faster
 
@@ -36,6 +39,13 @@ def _take(feeds: dict[str, np.ndarray], n: int, multiple: int) -> dict[str, np.n
     n = min(n, total)
     n = max(multiple, n - n % multiple)
     return take(feeds, n)
+
+
+def _sensitivity_samples(feeds: dict[str, np.ndarray]) -> int:
+    """SENSITIVITY_SAMPLES, fewer on big inputs (SENSITIVITY_ELEMENTS input elements at most, one sample at least)."""
+    n = max(sample_count(feeds), 1)
+    per_sample = max(sum(int(np.size(v)) for v in feeds.values()) // n, 1)
+    return max(1, min(SENSITIVITY_SAMPLES, SENSITIVITY_ELEMENTS // per_sample))
 
 
 def _random_shapes(shapes: dict[str, list[int]], batch: int) -> dict[str, list[int]]:
@@ -129,8 +139,7 @@ class QuantizeStatic(Pass):
             source = "seeded random inputs (no data in the recipe)"
             if feeds is None:
                 return unchanged("no calibration data and no input shapes to make random inputs")
-        calib = _take(feeds, params.samples, multiple)
-        batch = fixed or min(CALIBRATION_BATCH, sample_count(calib))  # the reader feeds batches of this size
+        calib = _take(feeds, params.samples, multiple)  # calibrated in runs that fit in memory (graph.activations)
 
         names = {n.name: n.op_type for n in prepared.graph.node}
         user_excluded = {n: p for n, op in names.items() if (p := excluded(n, op, params.exclude))}
@@ -140,7 +149,7 @@ class QuantizeStatic(Pass):
         figures: dict = {"calibration": params.calibration, "samples": sample_count(calib),
                          "prepared": prep_steps}
         try:
-            sq = StaticQuantizer(prepared, calib, batch, params.calibration, params.percentile, params.per_channel,
+            sq = StaticQuantizer(prepared, calib, params.calibration, params.percentile, params.per_channel,
                                  params.reduce_range, params.activation_type)
         except Exception as exc:
             return unchanged(f"cannot hand the model to onnxruntime's quantizer: {' '.join(str(exc).split())[:200]}")
@@ -148,6 +157,8 @@ class QuantizeStatic(Pass):
             def quantize(extra_excluded, only=None):
                 try:
                     q = sorted_graph(sq.quantize(sorted(set(user_excluded) | set(extra_excluded)), only))
+                except OutOfMemory:  # the calibration cannot fit: one line and exit 2, not "the quantizer failed"
+                    raise
                 except Exception as exc:  # onnxruntime's quantizer raises many types
                     return None, f"onnxruntime's quantizer failed: {' '.join(str(exc).split())[:200]}"
                 problem = _check(q)
@@ -158,10 +169,12 @@ class QuantizeStatic(Pass):
                 return unchanged(problem)
             if params.mode == "auto":
                 evals = _take(feeds, EVAL_SAMPLES, multiple)
-                ref = run_batched(make_session(model), model, evals)
+                # in runs that fit in memory: a whole batch of 256 at 640x640 is tens of GB
+                chunk = run_chunk(model, evals, "measuring int8 fidelity against the float model")
+                ref = run_batched(make_session(model), model, evals, chunk=chunk)
 
                 def fidelity(candidate):
-                    return compare(ref, run_batched(make_session(candidate), candidate, evals))
+                    return compare(ref, run_batched(make_session(candidate), candidate, evals, chunk=chunk))
 
                 def fid_ok(fid):
                     top1 = fid.get("top1_agreement")
@@ -175,7 +188,7 @@ class QuantizeStatic(Pass):
                     # budget, stop), then a binary search. A bounded number of quantize-and-measure
                     # rounds (about log2(max_float_nodes) + 1), whatever the model's size.
                     cands = sorted(quantized_nodes(q) - set(user_excluded))
-                    errors = local_errors(prepared, q, _take(evals, SENSITIVITY_SAMPLES, multiple), cands)
+                    errors = local_errors(prepared, q, _take(evals, _sensitivity_samples(evals), multiple), cands)
                     ranked = sorted(errors, key=lambda n: (-errors[n], n))[:params.max_float_nodes]
                     tried: dict[int, tuple] = {}
 

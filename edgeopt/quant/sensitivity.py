@@ -3,7 +3,9 @@
 For a node, the local error is the relative error of its output in the QDQ
 model (against the float model) minus the largest relative error among the
 activations it reads: what this node's own quantization added, not what it
-inherited. Measured with one run of each model on a few samples.
+inherited. Measured on a few samples, both models run in step a group of
+activations and a chunk of samples at a time (edgeopt.graph.activations), the
+squared errors summed as they come: memory stays bounded on big inputs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgeopt.graph.activations import collect_activations
+from edgeopt.graph import activations
+from edgeopt.graph.activations import Plan, Stream, footprint
 
 _PASS_THROUGH = {"Relu", "Clip"}  # onnxruntime's QDQ quantizer absorbs these into the producer's output
 
@@ -73,14 +76,25 @@ def local_errors(float_model: onnx.ModelProto, q_model: onnx.ModelProto, feeds: 
     needed = [t for t in needed if t not in graph_inputs]
     if not needed:
         return {}
-    fa = collect_activations(float_model, needed, feeds)
     # what consumers read in the QDQ model: the decoded tensor, not the raw one before QuantizeLinear
     # (a Relu absorbed into its producer clamps only there: the raw tensor still holds the negatives)
     decoded = _decoded(q_model)
-    qa_raw = collect_activations(q_model, sorted({decoded.get(t, t) for t in needed}), feeds)
-    qa = {t: qa_raw[decoded.get(t, t)] for t in needed}
-    rel = {}
-    for t in needed:
-        ref = fa[t].astype(np.float64)
-        rel[t] = float(np.linalg.norm(qa[t].astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-12))
+    what = "measuring each node's quantization error"
+    fp = footprint(float_model, feeds)
+    budget = activations.ACTIVATION_BUDGET // 2  # two streams in step: together within one budget
+    floats = Stream(float_model, needed, feeds, what=what, fp=fp, budget=budget)
+    plan = floats.plan
+    q_plan = Plan([[decoded.get(t, t) for t in g] for g in plan.groups], plan.chunk, plan.run, plan.need)
+    quants = Stream(q_model, [decoded.get(t, t) for t in needed], feeds, what=what, fp=fp, plan_=q_plan)
+    err2 = dict.fromkeys(needed, 0.0)
+    ref2 = dict.fromkeys(needed, 0.0)
+    for (group, f_pieces), (_, q_pieces) in zip(floats.groups(), quants.groups()):
+        for f_piece, q_piece in zip(f_pieces, q_pieces):
+            for t in group:  # float32 dot products (BLAS): a ranking, and a float64 copy of every
+                ref = f_piece.values[t].reshape(-1).astype(np.float32, copy=False)  # activation doubled
+                diff = q_piece.values[decoded.get(t, t)].reshape(-1).astype(np.float32, copy=False) - ref  # the time
+                err2[t] += float(np.dot(diff, diff))
+                ref2[t] += float(np.dot(ref, ref))
+                del ref, diff
+    rel = {t: float(np.sqrt(err2[t]) / max(np.sqrt(ref2[t]), 1e-12)) for t in needed}
     return {name: rel[outs[name]] - max([rel.get(u, 0.0) for u in ups[name]], default=0.0) for name in outs}
