@@ -257,6 +257,7 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
     from edgeopt.quant.mixed import FLOAT, Budget, Layer, search
     from edgeopt.quant.probe import WeightProbe
     from edgeopt.verify.budget import where
+    from edgeopt.graph.activations import run_chunk
     from edgeopt.verify.runtime import make_session, run_batched
 
     def unchanged(reason: str) -> PassResult:
@@ -393,8 +394,9 @@ def apply_auto(model: onnx.ModelProto, params, ctx: PassContext) -> PassResult:
         return result
     # the model written, end to end against the pass's input (the search measured decoded weights)
     check = extra["check"]
-    meter = budget.meter(run_batched(make_session(model), model, check))
-    written = meter(run_batched(make_session(result.model), result.model, check))
+    chunk = run_chunk(model, check, "checking the mixed-precision model")  # runs that fit in memory
+    meter = budget.meter(run_batched(make_session(model), model, check, chunk=chunk))
+    written = meter(run_batched(make_session(result.model), result.model, check, chunk=chunk))
     got = budget.shared().figure(written, meter.baseline_accuracy)
     if not budget.shared().met(written, meter.baseline_accuracy):
         return unchanged(f"the mixed model measures {got}, outside {budget.describe()} (the search's decoded "

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgeopt.graph.activations import collect_activations
+from edgeopt.graph.activations import Stream
 from edgeopt.verify.feeds import sample_count, take
 from edgeopt.verify.runtime import static_batch
 
@@ -40,14 +40,19 @@ def input_means(model: onnx.ModelProto, nodes: list[ir.Node], feeds: dict[str, n
     n = min(max_samples, total)
     n = max(step, n - n % step) if total >= step else total
     feeds = take(feeds, n)
-    acts = collect_activations(model, sorted({name for name, _ in keys}), feeds)
-    out = {}
-    for name, channel_first in keys:
-        a = acts.get(name)
-        if a is None or np.ndim(a) < 2:
-            continue
-        a = np.asarray(a, dtype=np.float64)
-        axis = 1 if channel_first else a.ndim - 1
-        axes = tuple(i for i in range(a.ndim) if i != axis)
-        out[(name, channel_first)] = a.mean(axis=axes)
-    return out
+    # running sums per channel, a group of activations and a chunk of samples at a time (bounded memory)
+    sums: dict[tuple[str, bool], np.ndarray] = {}
+    counts: dict[tuple[str, bool], int] = {}
+    names = sorted({name for name, _ in keys})
+    for piece in Stream(model, names, feeds, what="bias correction: measuring activation means"):
+        for name, channel_first in keys:
+            a = piece.values.get(name)
+            if a is None or np.ndim(a) < 2:
+                continue
+            axis = 1 if channel_first else a.ndim - 1
+            axes = tuple(i for i in range(a.ndim) if i != axis)
+            key = (name, channel_first)
+            total = np.sum(a, axis=axes, dtype=np.float64)
+            sums[key] = total if key not in sums else sums[key] + total
+            counts[key] = counts.get(key, 0) + a.size // a.shape[axis]
+    return {key: sums[key] / counts[key] for key in sums}

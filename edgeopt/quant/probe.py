@@ -12,11 +12,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from edgeopt.graph.activations import run_chunk
 from edgeopt.graph.shapes import output_batch_axes
 from edgeopt.verify.feeds import concat_samples, sample_count, take
 from edgeopt.verify.runtime import make_session, static_batch
 
-CHUNK = 256  # samples per run (a model with a fixed batch runs that many)
+CHUNK = 256  # samples per run at most (a model with a fixed batch runs that many; big inputs fewer)
 
 
 class WeightProbe:
@@ -36,7 +37,8 @@ class WeightProbe:
         self.session = make_session(probe)
         self.weights = weights
         self.runs = 0
-        self._step = static_batch(model) or CHUNK  # of the original: the weights are not batched inputs
+        self._model = model  # the original: its weights are not batched inputs (for the run size)
+        self._fixed = static_batch(model)
         self._axes = output_batch_axes(model)
         self._outputs = [o.name for o in model.graph.output]
 
@@ -46,9 +48,10 @@ class WeightProbe:
         self.runs += 1
         weights = {**self.weights, **(swapped or {})}
         n = sample_count(feeds)
+        step = self._fixed or min(CHUNK, run_chunk(self._model, feeds, "probing quantized weights"))
         # chunks sliced from the data only: a weight must never be cut along an axis that happens to match
-        starts = range(0, n, self._step)
-        parts = [self.session.run(None, {**take(feeds, i, i + self._step), **weights}) for i in starts]
-        sizes = [min(self._step, n - i) for i in starts]
+        starts = range(0, n, step)
+        parts = [self.session.run(None, {**take(feeds, i, i + step), **weights}) for i in starts]
+        sizes = [min(step, n - i) for i in starts]
         return [concat_samples([p[j] for p in parts], sizes, self._axes.get(name))
                 for j, name in enumerate(self._outputs)]
