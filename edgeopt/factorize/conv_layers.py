@@ -12,13 +12,13 @@ import onnx_ir as ir
 
 from edgeopt.factorize.geometry import ConvGeometry
 from edgeopt.factorize.patches import sample_patches
-from edgeopt.graph.activations import collect_activations
+from edgeopt.graph.activations import Stream
 from edgeopt.graph.edit import const_array, single_consumer
 from edgeopt.graph.shapes import infer_value_shapes, resolve_input_shapes
 from edgeopt.verify.feeds import sample_count, take
 
 CALIBRATION_SAMPLES = 256  # calibration inputs used at most (the first ones)
-CALIBRATION_CHUNK = 32  # inputs per onnxruntime run while collecting patches
+CALIBRATION_CHUNK = 32  # inputs per chunk while collecting patches (runs and layer groups stay in budget)
 PATCHES_PER_LAYER = 8192  # sampled output positions per layer, at most
 PATCH_FLOATS = 4 * 1024 * 1024  # ... and at most 16 MB of float32 patches per layer
 
@@ -118,17 +118,19 @@ def collect_patches(model: onnx.ModelProto, layers: list[ConvLayer], feeds: dict
     """
     total = min(sample_count(feeds), CALIBRATION_SAMPLES)
     rngs = {layer.name: np.random.default_rng([seed, zlib.crc32(layer.name.encode())]) for layer in layers}
-    wanted = sorted({layer.input_name for layer in layers if layer.input_name not in feeds})
+    wanted = sorted({layer.input_name for layer in layers})
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {layer.name: [] for layer in layers}
     budget = {layer.name: min(PATCHES_PER_LAYER, PATCH_FLOATS // layer.weight[0].size) for layer in layers}
-    for start in range(0, total, CALIBRATION_CHUNK):
-        stop = min(start + CALIBRATION_CHUNK, total)
-        chunk = take(feeds, start, stop)
-        values = collect_activations(model, wanted, chunk) if wanted else {}
-        values.update(chunk)
+    # a group of layer inputs at a time (each layer sees its chunks in order, as before), runs within budget
+    stream = Stream(model, wanted, take(feeds, total), chunk=CALIBRATION_CHUNK,
+                    what="collecting the patches each conv sees")
+    for piece in stream:
+        start, stop = piece.start, piece.stop
         for layer in layers:
+            if layer.input_name not in piece.values:
+                continue
             share = budget[layer.name] * stop // total - budget[layer.name] * start // total
-            x = np.asarray(values[layer.input_name], dtype=np.float32)
+            x = np.asarray(piece.values[layer.input_name], dtype=np.float32)
             picked, samples = sample_patches(x, layer.geometry, share, rngs[layer.name], return_samples=True)
             parts[layer.name].append((picked, samples + start))
     return {name: LayerPatches(np.concatenate([v for v, _ in p]), np.concatenate([i for _, i in p]))

@@ -108,6 +108,8 @@ def apoz(model: onnx.ModelProto, analysis: GraphAnalysis, groups: list[ChannelGr
     probe = Probe(model, names)
     for out in probe.chunks(subsample(data, max_samples, seed)):
         for name in names:
+            if name not in out:  # the values come in groups when they do not all fit at once
+                continue
             info = analysis.info[name]
             arr = np.moveaxis(out[name], info.axis, 0)
             arr = arr.reshape(info.channels, -1)
@@ -188,6 +190,8 @@ def thinet(model: onnx.ModelProto, analysis: GraphAnalysis, groups: list[Channel
     for out in probe.chunks(sample):
         for group in groups:
             for i, con in enumerate(group.consumers):
+                if con.value.name not in out:  # in another group of values (they did not all fit at once)
+                    continue
                 chans = analysis.channels_of(con.value.name, group)
                 info = analysis.info[con.value.name]
                 g = _gram(con, out[con.value.name], chans, info.inner, rng)

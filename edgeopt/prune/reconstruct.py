@@ -18,12 +18,14 @@ from edgeopt.graph.edit import add_initializer, const_array
 from edgeopt.pass_types import NodeNote
 from edgeopt.prune.groups import _attr, node_label
 from edgeopt.prune.im2col import conv_geometry, patches, sample_positions
-from edgeopt.prune.probe import Probe, subsample
+from edgeopt.graph.activations import Footprint, footprint
+from edgeopt.prune.probe import Probe, common_chunk, subsample
 from edgeopt.verify.feeds import sample_count
 
 RIDGE = 1e-3  # relative to the mean diagonal of A^T A (1e-4..1e-2 within 0.4 points on the digits nets)
 MAX_ROWS = 20000  # regression rows per layer (sampled output positions)
-CHUNK = 64  # calibration samples per onnxruntime run: memory stays bounded on big models
+CHUNK = 64  # calibration samples per chunk (fewer when a layer's values would not fit; runs stay bounded)
+WHAT = "reconstruction: collecting layer inputs and outputs"
 
 
 class NormalEquations:
@@ -78,12 +80,13 @@ class TargetCache:
         self.key = self.key or key
         return self.key == key
 
-    def get(self, original: onnx.ModelProto, y_name: str, sample: dict[str, np.ndarray]):
+    def get(self, original: onnx.ModelProto, y_name: str, sample: dict[str, np.ndarray], chunk: int = CHUNK,
+            fp: Footprint | None = None):
         if y_name in self.chunks:
             return [{y_name: c} for c in self.chunks[y_name]]
         if self.bytes >= self.max_bytes:
-            return Probe(original, [y_name]).chunks(sample, CHUNK)
-        chunks = [c[y_name] for c in Probe(original, [y_name]).chunks(sample, CHUNK)]
+            return Probe(original, [y_name], fp, WHAT).chunks(sample, chunk)
+        chunks = [c[y_name] for c in Probe(original, [y_name], fp, WHAT).chunks(sample, chunk)]
         size = sum(c.nbytes for c in chunks)
         if self.bytes + size <= self.max_bytes:
             self.chunks[y_name] = chunks
@@ -100,7 +103,7 @@ def refit(original: onnx.ModelProto, pruned: ir.Model, consumers: list[str], out
         cache = None
     rng = np.random.default_rng(seed)
     sample = subsample(data, max_samples, seed)
-    n_chunks = -(-sample_count(sample) // CHUNK)
+    fp = footprint(original, sample)  # the pruned model's values are no larger than the original's
     graph = pruned.graph
     order = {n.outputs[0].name: i for i, n in enumerate(graph) if n.outputs}
     known = {o for n in original.graph.node for o in n.output}
@@ -114,15 +117,17 @@ def refit(original: onnx.ModelProto, pruned: ir.Model, consumers: list[str], out
         if w is None or y_name not in known:
             notes.append(NodeNote(label, node.op_type, "not refitted", "weight or original output not found"))
             continue
+        x_name = node.inputs[0].name
+        chunk = common_chunk(fp, [y_name, x_name], CHUNK)  # the two streams are read in step
+        n_chunks = -(-sample_count(sample) // chunk)
         fitter = {"Conv": _ConvFit, "Gemm": _GemmFit, "MatMul": _MatMulFit}[node.op_type](node, w, n_chunks, rng)
         if fitter.problem:
             notes.append(NodeNote(label, node.op_type, "not refitted", fitter.problem))
             continue
-        x_name = node.inputs[0].name
         keep_out = out_positions.get(y_name)
-        targets = cache.get(original, y_name, sample) if cache is not None else \
-            Probe(original, [y_name]).chunks(sample, CHUNK)
-        inputs = Probe(ir.to_proto(pruned), [x_name]).chunks(sample, CHUNK)
+        targets = cache.get(original, y_name, sample, chunk, fp) if cache is not None else \
+            Probe(original, [y_name], fp, WHAT).chunks(sample, chunk)
+        inputs = Probe(ir.to_proto(pruned), [x_name], fp, WHAT).chunks(sample, chunk)
         for y_chunk, x_chunk in zip(targets, inputs):
             y = y_chunk[y_name]
             if keep_out is not None:

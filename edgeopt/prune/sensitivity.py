@@ -26,6 +26,7 @@ from edgeopt.prune.reconstruct import TargetCache
 from edgeopt.progress import steps
 from edgeopt.verify.budget import FidelityBudget, Meter
 from edgeopt.verify.fidelity import FidelitySpec
+from edgeopt.graph.activations import run_chunk
 from edgeopt.verify.runtime import make_session, run_batched
 
 
@@ -89,12 +90,14 @@ class Evaluator:
     def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], labels: np.ndarray | None,
                  spec: FidelitySpec | None = None):
         self.feeds, self.labels = feeds, labels
-        self.reference = run_batched(make_session(model), model, feeds)
+        # runs that fit in memory (a candidate is the original, pruned: no larger)
+        self.chunk = run_chunk(model, feeds, "measuring pruned candidates")
+        self.reference = run_batched(make_session(model), model, feeds, chunk=self.chunk)
         self.meter = Meter(self.reference, [o.name for o in model.graph.output], spec, labels)
         self.baseline_accuracy = self.meter.baseline_accuracy
 
     def __call__(self, model: onnx.ModelProto) -> dict:
-        return self.meter(run_batched(make_session(model), model, self.feeds))
+        return self.meter(run_batched(make_session(model), model, self.feeds, chunk=self.chunk))
 
     def loss(self, measured: dict) -> tuple[float, float]:
         """Lower is better: the continuous error of the budget's output (verify.budget.Meter.loss)."""
