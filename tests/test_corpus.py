@@ -11,6 +11,10 @@ traceback, or an output that does not run fails. A missing corpus fails too
 from __future__ import annotations
 
 import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +129,46 @@ def test_pass_on_real_export(model, pass_name, tmp_path, tmp_path_factory):
     worst = (stage["fidelity"].get("vs_input") or {}).get("cosine")
     if worst is not None and worst < 0.9:
         assert any("against the input model" in w and "below 0.9" in w for w in warnings), warnings
+
+
+# quantize_static on PP-OCRv4 det at the 640x640 it runs at, in a child process under an address-space limit,
+# so a regression fails here instead of taking the machine down. The old calibration ran the whole
+# calibration batch in one onnxruntime run and kept its activations: with 4 samples it failed to allocate
+# under 3 GB (and grew past 24 GB with the defaults). Bounded, it fits in under 2 GB. The limit allows
+# each thread of onnxruntime's pools its stack; glibc keeps two malloc arenas (their reserved address space
+# grows with the core count otherwise).
+MEMORY_LIMIT = int(2.5e9) + 16 * 2**20 * (os.cpu_count() or 1)
+DET_SIZE, DET_CALIBRATION, DET_DATA = 640, 4, 2
+
+
+def _limited(limit: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+@pytest.mark.xdist_group("ppocr_det")
+def test_quantize_static_on_ppocr_det_at_640_fits_a_memory_limit(tmp_path):
+    from edgeopt.zoo.corpus import BY_KEY
+    from edgeopt.zoo.corpus_inputs import ocr_page
+
+    onnx_path, _ = _paths(BY_KEY["ppocr_det"])
+    pages = ocr_page(DET_CALIBRATION + DET_DATA, DET_SIZE, seed=11)
+    np.savez(tmp_path / "calibration.npz", x=pages[:DET_CALIBRATION])
+    np.savez(tmp_path / "data.npz", x=pages[DET_CALIBRATION:])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": str(onnx_path), "output": str(tmp_path / "out.onnx"), "device": ["host"],
+        "data": "data.npz", "calibration_data": "calibration.npz",
+        "passes": [{"quantize_static": {"mode": "all", "samples": DET_CALIBRATION}}]}))
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+    child = subprocess.run([sys.executable, "-m", "edgeopt", "run", str(recipe), "--format", "json", "--quiet",
+                            "--no-measure"], capture_output=True, text=True, env=env, cwd=REPO,
+                           preexec_fn=_limited(MEMORY_LIMIT), timeout=600)
+    tail = (child.stderr.strip().splitlines() or [""])[-1]
+    assert child.returncode == 0, f"exit {child.returncode} under a {MEMORY_LIMIT / 1e9:.2f} GB limit: {tail}"
+    stage = json.loads(child.stdout)["stages"][-1]
+    assert stage["summary"].startswith("int8 QDQ:"), stage["summary"]  # not "left unchanged: ... failed"
+    assert f"calibrated (minmax) on {DET_CALIBRATION} samples" in stage["summary"]
+    [out] = _outputs(tmp_path / "out.onnx", tmp_path / "data.npz")
+    assert out.shape == (DET_DATA, 1, DET_SIZE, DET_SIZE) and np.isfinite(out).all()
