@@ -142,10 +142,17 @@ def test_float_casts_inside_the_float16_part_become_float16_casts():
 
 def test_float16_sessions_survive_onnxruntimes_nchwc_pass():
     """onnxruntime 1.32's NCHWc layout pass killed the process (SIGSEGV) when a session opened this float16
-    MatMul -> Transpose -> MatMul at fixed shapes; the check runs in a child so a crash fails the test."""
+    MatMul -> Add -> Transpose [1, 0, 2] -> MatMul at fixed shapes; the model gets the workaround, and the
+    check runs in a child so a crash fails the test."""
     import subprocess
     import sys
 
+    from edgeopt.graph.session import disabled_optimizers, nchwc_crash
+
+    converted = apply(attention_scale_model(scale=False)).model
+    assert disabled_optimizers(converted) == ["NchwcTransformer"]
+    assert "moves the batch axis into MatMul" in nchwc_crash(converted)
+    assert disabled_optimizers(attention_scale_model(scale=False)) == []  # the float32 original does not crash
     code = ("import sys, numpy as np, onnx\n"
             "sys.path.insert(0, sys.argv[2])\n"
             "from test_quant_fp16 import apply, attention_scale_model\n"
@@ -157,6 +164,88 @@ def test_float16_sessions_survive_onnxruntimes_nchwc_pass():
     child = subprocess.run([sys.executable, "-c", code, "", str(Path(__file__).parent)], capture_output=True,
                            text=True, timeout=120)
     assert child.returncode == 0 and "ran" in child.stdout, (child.returncode, child.stderr[-500:])
+
+
+def transpose_into_matmul(perm, dtype="float16", into="A", body=False) -> onnx.ModelProto:
+    """x -> Reshape -> Transpose(perm) -> MatMul (the Transpose into its first input A, or its second B);
+    body: the same inside an If's then branch."""
+    rank = len(perm)
+    dims = [2, 3, 5, 16][-rank:]
+    moved = [dims[p] for p in perm]
+    other = [8, moved[-1]] if into == "A" else [*moved[:-2], 4, moved[-2]]
+    product = "y = MatMul(t, w)" if into == "A" else "y = MatMul(w, t)"
+    out = [*moved[:-1], 8] if into == "A" else [*moved[:-2], 4, moved[-1]]
+    text = {"float16": "float16", "float32": "float"}[dtype]
+    x, y = (f"{text}[{', '.join(map(str, shape))}]" for shape in (dims, out))
+    model = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 14]>
+    g ({x} x) => ({y} y) {{
+        s = Constant <value = int64[{rank}] {{{', '.join(map(str, dims))}}}> ()
+        a = Reshape(x, s)
+        t = Transpose <perm = [{', '.join(map(str, perm))}]> (a)
+        {product}
+    }}""")
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal(other[::-1] if into == "A" else other).astype(dtype)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    if body:
+        graph, kind = model.graph, model.graph.output[0].type.tensor_type.elem_type
+        then = onnx.helper.make_graph(list(graph.node), "then", [], list(graph.output), list(graph.initializer))
+        zero = onnx.numpy_helper.from_array(np.zeros(out, dtype), "zero")
+        otherwise = onnx.helper.make_graph([onnx.helper.make_node("Constant", [], ["z"], value=zero)], "else", [],
+                                           [onnx.helper.make_tensor_value_info("z", kind, out)])
+        outer = onnx.helper.make_graph(
+            [onnx.helper.make_node("If", ["c"], ["out"], then_branch=then, else_branch=otherwise)], "g",
+            [graph.input[0], onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+            [onnx.helper.make_tensor_value_info("out", kind, out)])
+        model = onnx.helper.make_model(outer, opset_imports=list(model.opset_import), ir_version=8)
+    return model
+
+
+# (perm, dtype, into, body): a float16 Transpose that moves the batch axis into MatMul's first input crashes
+# onnxruntime 1.32 (all but the If body, which did not crash on 1.32 and is covered anyway); the rest do not
+# and keep the defaults.
+CRASHING = [([1, 0, 2], "float16", "A", False), ([1, 2, 0], "float16", "A", False),
+            ([1, 2, 0, 3], "float16", "A", False), ([1, 2, 3, 0], "float16", "A", False),
+            ([1, 0, 2], "float16", "A", True)]
+SAFE = [([1, 0, 2], "float32", "A", False), ([0, 2, 1, 3], "float16", "A", False),
+        ([1, 0, 2, 3], "float16", "A", False), ([0, 2, 1], "float16", "A", False),
+        ([1, 0, 2], "float16", "B", False), ([2, 0, 1], "float16", "A", False)]
+
+
+@pytest.mark.parametrize("case", CRASHING + SAFE, ids=lambda c: f"{''.join(map(str, c[0]))}-{c[1]}-{c[2]}"
+                                                               f"{'-body' if c[3] else ''}")
+def test_the_nchwc_workaround_applies_to_the_crashing_pattern_only(case):
+    from edgeopt.graph.session import disabled_optimizers
+
+    model = transpose_into_matmul(*case)
+    onnx.checker.check_model(model, full_check=True)
+    assert disabled_optimizers(model) == (["NchwcTransformer"] if case in CRASHING else [])
+
+
+def test_sessions_open_both_ways():
+    """The graphs that keep the NCHWc pass open and run with onnxruntime's defaults; those with the pattern
+    open and run through make_session (in a child, so a crash fails the test instead of killing pytest)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, onnx, onnxruntime as ort\n"
+            "sys.path.insert(0, sys.argv[2])\n"
+            "from test_quant_fp16 import CRASHING, SAFE, transpose_into_matmul\n"
+            "from edgeopt.verify.runtime import make_session\n"
+            "for case in SAFE + CRASHING:\n"
+            "    model = transpose_into_matmul(*case)\n"
+            "    feeds = {'x': np.ones([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim],"
+            " case[1])}\n"
+            "    if case[3]:\n"
+            "        feeds['c'] = np.array(True)\n"
+            "    session = make_session(model) if case in CRASHING else ort.InferenceSession("
+            "model.SerializeToString(), providers=['CPUExecutionProvider'])\n"
+            "    assert np.isfinite(session.run(None, feeds)[0]).all()\n"
+            "print('ran', len(SAFE + CRASHING))\n")
+    child = subprocess.run([sys.executable, "-c", code, "", str(Path(__file__).parent)], capture_output=True,
+                           text=True, timeout=120)
+    assert child.returncode == 0 and f"ran {len(SAFE + CRASHING)}" in child.stdout, (child.returncode,
+                                                                             child.stderr[-500:])
 
 
 def test_an_output_the_model_also_reads_inside_stays_float16_inside():
