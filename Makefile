@@ -47,11 +47,12 @@ test-browser: $(STAMP)
 models: $(STAMP)
 	$(BIN)/python -m edgeopt.zoo --out build/models
 
-# Retrain the committed sample models (needs PyTorch in a separate venv; see sample_models/README.md)
+# Retrain the committed sample models, the multi-output ones too (needs PyTorch in a separate venv; see sample_models/README.md)
 sample-models:
 	$(PYTHON) -m venv .venv-train
 	.venv-train/bin/pip install --quiet -r tools/requirements-train.txt
 	.venv-train/bin/python tools/train_sample_models.py
+	.venv-train/bin/python tools/train_multihead_models.py
 
 # PyTorch exports of eight architectures, the ways people export them (bench/bench_exports.py); dev venv
 exports:

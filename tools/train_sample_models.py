@@ -66,6 +66,8 @@ LOGITS_ATOL = 1e-4
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The README section tools/train_multihead_models.py writes (its models' figures) starts with this line.
+MULTIHEAD_BEGIN = "<!-- multi-output models: written by tools/train_multihead_models.py -->"
 REGENERATE_COMMAND = (
     "python3 -m venv .venv-train && "
     ".venv-train/bin/pip install -r tools/requirements-train.txt && "
@@ -698,7 +700,11 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds = time.monotonic() - started
     readme = out / "README.md"
-    readme.write_text(render_readme(data, facts, seconds))
+    text = render_readme(data, facts, seconds)
+    kept = readme.read_text() if readme.exists() else ""
+    if MULTIHEAD_BEGIN in kept:  # tools/train_multihead_models.py's section: its own figures, kept as written
+        text = text.rstrip("\n") + "\n\n" + MULTIHEAD_BEGIN + kept.split(MULTIHEAD_BEGIN, 1)[1]
+    readme.write_text(text)
     log(f"wrote {readme}; done in {seconds:.0f} s")
     return 0
 
