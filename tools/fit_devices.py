@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeopt.devices.fitting import TermCache, fit_group  # noqa: E402
+from edgeopt.devices.fitting import TermCache, fit_group, shared_figures  # noqa: E402
 from edgeopt.devices.loader import DEVICE_DIR, parse_device, _with_base  # noqa: E402
 from edgeopt.devices.measurements import TRUTH_CSV, matches, read_measurements, usable  # noqa: E402
 from edgeopt.devices.validation import validate_group  # noqa: E402
@@ -45,6 +45,10 @@ LAYER_US = {"ncnn": 10, "ncnn-vulkan": 40, "tensorrt": 15, "tflite": 10, "xnnpac
             "opencv": 30, "hiai": 20, "tensorflow": 100}
 RUN_US = {"edgetpu": 1300, "openvino": 2000, "ncsdk": 3000, "tensorrt": 300, "ncnn-vulkan": 1000,
           "caffe": 2000, "pytorch": 1000}
+
+# reduction depth at which a GEMM kernel keeps half its efficiency (profile/shapeclass.py): the prior;
+# the fit moves it per runtime family. GPUs' tiles are wider (more set-up per reduction) than a CPU's.
+DEPTH_HALF = {"gpu": 32}  # by chip kind; 16 elsewhere
 
 USB3 = {"value": 0.3, "mark": "I", "source": "I: USB 3.0 payload rate a Coral / NCS reaches (~300 MB/s)"}
 
@@ -162,6 +166,8 @@ def variant_data(s: dict) -> dict:
                               "source": f"I: order of a {s['runtime']} layer dispatch; the fit moves it"},
         "run_overhead_us": {"value": RUN_US.get(s["runtime"], 100), "mark": "I",
                             "source": f"I: order of a {s['runtime']} invoke; the fit moves it"},
+        "depth_half": {"value": DEPTH_HALF.get(chip.get("kind"), 16), "mark": "I",
+                       "source": "I: tile set-up and write-back once per reduction (a few to tens of MACs); the fit moves it"},
     }
     if p not in ("fp32",) and chip.get("alignment"):
         lanes = {"fp16": 8, "int8": 16}.get(p)
@@ -177,9 +183,39 @@ def variant_data(s: dict) -> dict:
     return data
 
 
+RICH_ARCHS = 5  # a family whose rows cover this many architectures fits its shared figures on its own
+
+
+def chip_kind(s: dict) -> str:
+    """cpu or accelerator: whose well-measured runtimes lend their shared figures to a family with few rows."""
+    chip = yaml.safe_load((DEVICE_DIR / "chips" / f"{s['chip']}.yaml").read_text())
+    return "cpu" if chip.get("kind") == "cpu" else "accelerator"
+
+
+class KindPriors:
+    """The shared figures (class ratios to conv, depth_half) of the well-measured families, per chip kind;
+    without one architecture, from the refits that never saw it (so a LOAO prediction stays honest)."""
+
+    def __init__(self):
+        self.full: dict[str, list] = {}
+        self.held: dict[str, list[tuple[set, list, dict]]] = {}
+
+    def add(self, kind: str, results: list, fits: dict, archs: set):
+        self.full.setdefault(kind, []).extend(results)
+        self.held.setdefault(kind, []).append((archs, results, fits))
+
+    def prior(self, kind: str, arch: str | None = None) -> dict | None:
+        kinds = [kind] if kind in self.full else list(self.full)
+        if arch is None:
+            return shared_figures([r for k in kinds for r in self.full[k]]) or None
+        results = [r for k in kinds for archs, full, fits in self.held[k]
+                   for r in (fits.get(arch, full) if arch in archs else full)]
+        return shared_figures(results) or None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", help="comma-separated profile names")
+    ap.add_argument("--only", help="comma-separated profile names (their families are fitted, the rest read)")
     ap.add_argument("--models", default=str(ROOT / "build" / "device_truth" / "onnx"))
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
@@ -188,9 +224,8 @@ def main() -> int:
     groups: dict[str, list[dict]] = {}
     for s in PROFILES:
         groups.setdefault(runtime_family(s), []).append(s)
+    families = []
     for family, specs in groups.items():
-        if only and not any(s["name"] in only for s in specs):
-            continue
         members, datas, paths = [], [], []
         for s in specs:
             data = variant_data(s)
@@ -199,28 +234,47 @@ def main() -> int:
             members.append((device, [r for r in rows if matches(device, r)]))
             datas.append(data)
             paths.append(path)
-        if not any(r for _, r in members):
-            results, checks = [None] * len(members), [None] * len(members)
-        else:
-            results = fit_group(members, cache)
-            checks = validate_group(members, cache, results)
-        for (device, mine), data, path, result, check in zip(members, datas, paths, results, checks):
-            what = f"published rows (bench/device_truth/published.csv), fitted with the {family} group"
-            if mine:
-                data = apply_fit(data, result, check, what)
-                loao = check["loao"]
-                print(f"{device.name:38s} rows {len(mine):3d}  in-sample within25 {result.stats['within_25']:.2f} "
-                      f"| LOAO within25 {loao.get('within_25', float('nan')):.2f} "
-                      f"median {loao.get('median_error', float('nan')):.2f} tau {loao.get('kendall_tau')}", flush=True)
-            else:
-                if result is not None:  # no rows of its own: the group's class ratios on its own conv figure
-                    result.free = [k for k in result.free if k.startswith("efficiency.") and k != "efficiency.conv"]
-                    data = apply_fit(data, result, None, f"the {family} group's class ratios (no rows of its own)")
-                    data["fit"].pop("rows", None)
-                data["validation"] = {"rows": 0, "note": "no published classification row: unvalidated"}
-                print(f"{device.name:38s} rows   0  unvalidated", flush=True)
-            write_yaml(data, path)
+        archs = {r.key for _, mine in members for r in mine}
+        families.append((family, specs, members, datas, paths, archs))
+    # well-measured families first: what they learn is the prior of the others of their chip kind
+    kinds = KindPriors()
+    rich = [f for f in families if len(f[5]) >= RICH_ARCHS]
+    poor = [f for f in families if len(f[5]) < RICH_ARCHS]
+    for family, specs, members, datas, paths, archs in rich:
+        fits: dict = {}
+        results = fit_group(members, cache)
+        checks = validate_group(members, cache, results, fits=fits)
+        kinds.add(chip_kind(specs[0]), results, fits, archs)
+        if not only or any(s["name"] in only for s in specs):
+            _write(family, members, datas, paths, results, checks, "")
+    for family, specs, members, datas, paths, archs in poor:
+        kind = chip_kind(specs[0])
+        results = fit_group(members, cache, shared_prior=kinds.prior(kind))
+        checks = (validate_group(members, cache, results, shared_prior=lambda arch: kinds.prior(kind, arch))
+                  if archs else [None] * len(members))
+        note = f"; class ratios and depth_half start from the {kind} families with {RICH_ARCHS}+ architectures"
+        if not only or any(s["name"] in only for s in specs):
+            _write(family, members, datas, paths, results, checks, note)
     return 0
+
+
+def _write(family, members, datas, paths, results, checks, note):
+    for (device, mine), data, path, result, check in zip(members, datas, paths, results, checks):
+        what = f"published rows (bench/device_truth/published.csv), fitted with the {family} group{note}"
+        if mine:
+            data = apply_fit(data, result, check, what)
+            loao = check["loao"]
+            print(f"{device.name:38s} rows {len(mine):3d}  in-sample within25 {result.stats['within_25']:.2f} "
+                  f"| LOAO within25 {loao.get('within_25', float('nan')):.2f} "
+                  f"median {loao.get('median_error', float('nan')):.2f} tau {loao.get('kendall_tau')}", flush=True)
+        else:  # no rows of its own: the group's shared figures on its own conv figure
+            result.free = [k for k in result.free
+                           if (k.startswith("efficiency.") and k != "efficiency.conv") or k == "depth_half"]
+            data = apply_fit(data, result, None, f"the {family} group's class ratios (no rows of its own){note}")
+            data["fit"].pop("rows", None)
+            data["validation"] = {"rows": 0, "note": "no published classification row: unvalidated"}
+            print(f"{device.name:38s} rows   0  unvalidated", flush=True)
+        write_yaml(data, path)
 
 
 if __name__ == "__main__":

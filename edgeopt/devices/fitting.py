@@ -3,11 +3,12 @@
 The profiler prices every layer at the profile's figures once (`terms`); a fitted figure only rescales
 what it governs, so a candidate's latency is exact without profiling again:
 
-    latency = sum_layers max(compute_i x e0[class_i] / e[class_i], memory_i x bw0 / bw)
+    latency = sum_layers max(compute_i x e0[class_i] / e[class_i] x (d_i + h) / (d_i + h0), memory_i x bw0 / bw)
               + layers x layer_overhead + run_overhead + transfer x link0 / link
 
-Free figures are the per-class efficiencies, the off-chip bandwidth, the per-layer and per-invoke
-overheads and the host link. Each has a prior, the figure before the fit (data sheet or inferred),
+(d_i: the layer's reduction depth, h: the profile's depth_half; profile/shapeclass.py.) Free figures
+are the per-class efficiencies, the depth at half efficiency, the off-chip bandwidth, the per-layer and
+per-invoke overheads and the host link. Each has a prior, the figure before the fit (data sheet or inferred),
 and a Gaussian penalty in log space pulls it there; class efficiencies are also tied to the conv
 efficiency's move, so a class the rows say little about keeps its ratio to conv. That is what lets
 five to ten measurements fit a profile without overfitting it.
@@ -32,6 +33,7 @@ SCALAR = ("dram_gbps", "layer_overhead_us", "run_overhead_us", "host_link_gbps")
 PRIOR_SIGMA = {"efficiency.conv": 1.5, "dram_gbps": 1.0, "layer_overhead_us": 1.5, "run_overhead_us": 2.0,
                "host_link_gbps": 1.0}
 TIE_SIGMA = 0.5  # a class efficiency's move relative to conv's
+DEPTH_SIGMA = 1.0  # depth_half's move (log units)
 DATA_SIGMA = 0.1  # log-latency scale of one row (~10 %)
 DEFAULT_OVERHEAD_US = {"layer_overhead_us": 10.0, "run_overhead_us": 100.0}
 
@@ -43,6 +45,7 @@ class Terms:
     compute_s: np.ndarray
     memory_s: np.ndarray
     cls: np.ndarray  # index into EFFICIENCY_CLASSES
+    depth: np.ndarray  # reduction depth per layer (0: not a GEMM-like layer)
     overhead_layers: float  # executed layers (x runs): each pays layer_overhead
     fixed_s: float  # class overheads and decode time, not fitted
     transfer_s: float
@@ -73,6 +76,8 @@ def prior_values(device: Device) -> dict[str, float]:
     link = device.host_link_gbps.effective
     if link:
         out["host_link_gbps"] = float(link)
+    if device.depth_half.effective:
+        out["depth_half"] = float(device.depth_half.effective)
     return out
 
 
@@ -89,7 +94,7 @@ def with_figures(device: Device, values: dict[str, float], source: str | None = 
     for key, cls in zip(EFF, EFFICIENCY_CLASSES):
         if key in values:
             efficiency[cls] = fig(key, min(values[key], EFFICIENCY_CAP.get(cls, 1.0)))
-    changes = {k: fig(k, values[k]) for k in SCALAR if k in values}
+    changes = {k: fig(k, values[k]) for k in (*SCALAR, "depth_half") if k in values}
     return dataclasses.replace(device, efficiency=efficiency, **changes)
 
 
@@ -101,7 +106,7 @@ def terms_for(model, device: Device) -> Terms:
 
     proto = onnx.load(str(model), load_external_data=True) if isinstance(model, (str, Path)) else model
     prof = profile_model(proto, device)
-    comp, mem, cls = [], [], []
+    comp, mem, cls, depth = [], [], [], []
     n_layers, fixed = 0.0, 0.0
     index = {c: i for i, c in enumerate(EFFICIENCY_CLASSES)}
     for layer in prof.layers:
@@ -113,6 +118,7 @@ def terms_for(model, device: Device) -> Terms:
         comp.append((layer.get("compute_ms") or 0.0) * 1e-3)
         mem.append((layer.get("memory_ms") or 0.0) * 1e-3)
         cls.append(index[c])
+        depth.append(layer.get("reduction_depth") or 0)
         n_layers += runs
         # what max(compute, memory) does not explain: class overheads and decode time
         rest = (layer["est_latency_ms"] - max(layer.get("compute_ms") or 0, layer.get("memory_ms") or 0)) * 1e-3
@@ -120,7 +126,8 @@ def terms_for(model, device: Device) -> Terms:
     total = prof.totals.get("est_latency_ms")
     if total is None:
         raise UserError(f"{getattr(model, 'name', model)}: the profile has no latency estimate (shapes unknown)")
-    return Terms(np.array(comp), np.array(mem), np.array(cls, dtype=int), n_layers, max(fixed, 0.0),
+    return Terms(np.array(comp), np.array(mem), np.array(cls, dtype=int), np.array(depth, dtype=float), n_layers,
+                 max(fixed, 0.0),
                  prof.totals.get("est_transfer_ms", 0.0) * 1e-3, total)
 
 
@@ -133,6 +140,9 @@ def predict_ms(terms: Terms, prior: dict[str, float], values: dict[str, float]) 
     e0 = np.array([prior[k] for k in EFF])
     e = np.array([min(values[k], _cap(k)) for k in EFF])
     compute = terms.compute_s * (e0 / e)[terms.cls]
+    if "depth_half" in prior:
+        d = terms.depth
+        compute = compute * np.where(d > 0, (d + values["depth_half"]) / (d + prior["depth_half"]), 1.0)
     memory = terms.memory_s * (prior["dram_gbps"] / values["dram_gbps"])
     total = float(np.maximum(compute, memory).sum())
     total += terms.overhead_layers * values["layer_overhead_us"] * 1e-6 + terms.fixed_s
@@ -166,13 +176,17 @@ def fit(device: Device, rows: list[Measurement], cache: TermCache | None = None,
 
 
 def fit_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache | None = None,
-              free: list[str] | None = None) -> list[FitResult]:
+              free: list[str] | None = None, shared_prior: dict[str, float] | None = None) -> list[FitResult]:
     """One least-squares fit of several profiles of one runtime family.
 
     What a runtime's kernels do is shared: each class efficiency is conv's times a ratio common to the
     group (Winograd 3x3, the depthwise kernel, the GEMM path are the same code on every board). What
     the board gives is each profile's own: its conv efficiency, bandwidth, overheads and host link.
     A profile without rows keeps its own figures and takes the group's ratios.
+
+    shared_prior: where the shared figures' prior comes from when the group's own rows say little (log
+    class ratios to conv by efficiency key, log depth_half): what well-measured runtimes on the same kind
+    of chip do (`shared_figures`); default: the members' own figures.
     """
     from scipy.optimize import least_squares
     from scipy.sparse import lil_matrix
@@ -180,11 +194,20 @@ def fit_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache 
     cache = cache or TermCache()
     ratio_keys = [k for k in EFF if k != "efficiency.conv" and (free is None or k in free)]
     priors = [prior_values(d) for d, _ in members]
+    # the depth at half efficiency is the kernel code's too: one per group, when every member has one
+    shared_depth = all("depth_half" in pr for pr in priors) and (free is None or "depth_half" in free)
     own_keys = [[k for k in ("efficiency.conv", *SCALAR) if k in pr and (free is None or k in free)]
                 for pr in priors]
     # the ratios' prior: the members' own ratios, averaged in log space
-    r0 = np.array([np.mean([math.log(pr[k] / pr["efficiency.conv"]) for pr in priors]) for k in ratio_keys])
-    offsets, n = [], len(ratio_keys)
+    r0 = np.array([np.mean([math.log(pr[k] / pr["efficiency.conv"]) for pr in priors]) for k in ratio_keys]
+                  + ([np.mean([math.log(pr["depth_half"]) for pr in priors])] if shared_depth else []))
+    if shared_prior:
+        for i, k in enumerate(ratio_keys + ["depth_half"] * shared_depth):
+            if k in shared_prior:
+                r0[i] = shared_prior[k]
+    tie_sigma = np.array([TIE_SIGMA] * len(ratio_keys) + [DEPTH_SIGMA] * shared_depth)
+    n_shared = len(r0)
+    offsets, n = [], n_shared
     for keys in own_keys:
         offsets.append(n)
         n += len(keys)
@@ -199,6 +222,8 @@ def fit_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache 
         conv = values["efficiency.conv"]
         for i, k in enumerate(ratio_keys):
             values[k] = conv * math.exp(x[i])
+        if shared_depth:
+            values["depth_half"] = math.exp(x[len(ratio_keys)])
         return values
 
     def residuals(x):
@@ -210,22 +235,22 @@ def fit_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache 
                 res.extend((pred - measured[m]) / DATA_SIGMA)
             for j, key in enumerate(own_keys[m]):
                 res.append((x[offsets[m] + j] - x0[offsets[m] + j]) / PRIOR_SIGMA.get(key, 1.0))
-        res.extend((x[:len(ratio_keys)] - r0) / TIE_SIGMA)
+        res.extend((x[:n_shared] - r0) / tie_sigma)
         return np.array(res)
 
-    rows_n = sum(len(t) + len(k) for t, k in zip(terms, own_keys)) + len(ratio_keys)
+    rows_n = sum(len(t) + len(k) for t, k in zip(terms, own_keys)) + n_shared
     sparsity = lil_matrix((rows_n, len(x0)), dtype=int)
     i = 0
     for m in range(len(members)):
         block = list(range(offsets[m], offsets[m] + len(own_keys[m])))
         for _ in terms[m]:
-            sparsity[i, :len(ratio_keys)] = 1
+            sparsity[i, :n_shared] = 1
             sparsity[i, block] = 1
             i += 1
         for j in block:
             sparsity[i, j] = 1
             i += 1
-    for j in range(len(ratio_keys)):
+    for j in range(n_shared):
         sparsity[i, j] = 1
         i += 1
     upper = np.full(len(x0), np.inf)
@@ -242,9 +267,23 @@ def fit_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache 
             values[k] = min(values[k], _cap(k))
         predicted = [predict_ms(t, priors[m], values) for t in terms[m]]
         results.append(FitResult(device=device, values=values, priors=priors[m], rows=list(rows),
-                                 predicted_ms=predicted, free=own_keys[m] + ratio_keys,
+                                 predicted_ms=predicted,
+                                 free=own_keys[m] + ratio_keys + ["depth_half"] * shared_depth,
                                  stats=error_stats([r.latency_ms for r in rows], predicted)))
     return results
+
+
+def shared_figures(results: list[FitResult]) -> dict[str, float]:
+    """The shared figures of fitted profiles in log space, averaged: each class efficiency's ratio to conv
+    (by efficiency key) and depth_half. What `fit_group(shared_prior=...)` takes."""
+    out: dict[str, float] = {}
+    fitted = [r for r in results if r is not None and r.rows]
+    for key in [k for k in EFF if k != "efficiency.conv"] + ["depth_half"]:
+        logs = [math.log(r.values[key] / (r.values["efficiency.conv"] if key != "depth_half" else 1.0))
+                for r in fitted if key in r.values and key in r.free]
+        if logs:
+            out[key] = float(np.mean(logs))
+    return out
 
 
 def error_stats(measured: list[float], predicted: list[float]) -> dict:

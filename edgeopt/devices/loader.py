@@ -24,7 +24,7 @@ _TOP_KEYS = {
     "onchip_bytes", "onchip_gbps", "power_w", "alignment", "efficiency", "fuses", "energy_pj",
     "sparse_weights", "layer_overhead_us", "run_overhead_us", "cores", "weight_decode",
     "base", "device", "runtime", "threads", "host_link_gbps", "weight_cache", "activations_onchip", "fit",
-    "validation", "class_overhead_us",
+    "validation", "class_overhead_us", "depth_half",
 }
 _MERGED_KEYS = {"peak_gops", "efficiency", "energy_pj", "alignment"}  # a variant overrides these key by key
 ALIASES_FILE = DEVICE_DIR / "aliases.yaml"
@@ -236,6 +236,7 @@ def parse_device(data: dict, path: Path | str = "<device>") -> Device:
         sparse_weights=sparse,
         layer_overhead_us=_figure(data.get("layer_overhead_us"), "layer_overhead_us", fail, nonneg=True),
         run_overhead_us=_figure(data.get("run_overhead_us"), "run_overhead_us", fail, nonneg=True),
+        depth_half=_figure(data.get("depth_half"), "depth_half", fail, positive=True),
         weight_decode=decode,
         class_overhead_us=_class_overhead(data.get("class_overhead_us"), fail),
         **_runtime_fields(data, fail),

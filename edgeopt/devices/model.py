@@ -9,8 +9,8 @@ PRECISIONS = ("int4", "int8", "fp16", "fp32")  # narrow to wide; "nearest" walks
 PRECISION_BYTES = {"int4": 0.5, "int8": 1, "fp16": 2, "fp32": 4}
 OP_CLASSES = ("conv", "depthwise", "gemm", "elementwise")
 # efficiency keys: the counting classes plus the conv refinements of profile/shapeclass.py (fall back to conv)
-CONV_CLASSES = ("conv3x3", "pointwise", "grouped")
-EFFICIENCY_CLASSES = ("conv", "conv3x3", "pointwise", "grouped", "depthwise", "gemm", "elementwise")
+CONV_CLASSES = ("conv3x3", "pointwise")  # a grouped conv takes its kernel's class (profile/shapeclass.py)
+EFFICIENCY_CLASSES = ("conv", "conv3x3", "pointwise", "depthwise", "gemm", "elementwise")
 WEIGHT_CACHE_MODES = ("all", "partial")
 # an efficiency is achieved ops / (peak x nominal ops); a 3x3 stride-1 conv can beat 1 because Winograd
 # (ncnn, TVM, TensorRT, ARM Compute) does up to ~4x fewer multiplications than the nominal MACs
@@ -99,6 +99,8 @@ class Device:
         sparse_weights: whether weights can stay sparse-encoded in memory.
         layer_overhead_us: fixed cost per executed layer (dispatch), µs.
         run_overhead_us: fixed cost per inference (runtime call, input / output copies), µs.
+        depth_half: reduction depth (MACs per output element) at which a GEMM-like layer keeps half
+            its efficiency (profile/shapeclass.py); None: depth does not matter.
         weight_decode: how weight-only quantized layers run (see WeightDecode).
         calibrated: True when measured factors from `edgeopt calibrate host` are in use.
     """
@@ -139,6 +141,7 @@ class Device:
     fit: dict = field(default_factory=dict)  # rows the C figures were fitted on and the fit's error
     validation: dict = field(default_factory=dict)  # held against published rows (in sample, leave-one-arch-out)
     variant: str = ""  # loaded by a short name (aliases.yaml): the profile it picked
+    depth_half: Figure = field(default_factory=Figure)  # GEMM kernels lose half their efficiency at this depth
 
     # -- what the cost model and the passes read --------------------------------------------
     @property
@@ -218,9 +221,9 @@ class Device:
         out: list[tuple[str, Figure]] = []
         for p, fig in self.peak_gops.items():
             out.append((f"peak_gops.{p}", fig))
-        for key in ("dram_gbps", "host_link_gbps", "onchip_bytes", "onchip_gbps", "power_w", "cores"):
-            if key == "host_link_gbps" and self.host_link_gbps == Figure():
-                continue  # no host link: nothing crosses one
+        for key in ("dram_gbps", "host_link_gbps", "onchip_bytes", "onchip_gbps", "power_w", "cores", "depth_half"):
+            if key in ("host_link_gbps", "depth_half") and getattr(self, key) == Figure():
+                continue  # no host link: nothing crosses one; no depth figure: depth does not matter
             out.append((key, getattr(self, key)))
         for cls, fig in self.efficiency.items():
             out.append((f"efficiency.{cls}", fig))

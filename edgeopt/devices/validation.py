@@ -32,15 +32,22 @@ def leave_one_arch_out(device: Device, rows: list[Measurement], cache: TermCache
 
 
 def leave_one_arch_out_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache,
-                             ) -> list[list[float | None]]:
-    """LOAO for a group fit: each architecture leaves every member's rows, the group is refitted."""
+                             shared_prior=None, fits: dict | None = None) -> list[list[float | None]]:
+    """LOAO for a group fit: each architecture leaves every member's rows, the group is refitted.
+
+    shared_prior: fit_group's, or a callable arch key -> the shared prior computed without that
+    architecture (so nothing of it reaches its prediction). fits: filled with arch key -> the
+    refitted results."""
     predicted = [[None] * len(rows) for _, rows in members]
     keys = sorted({r.key for _, rows in members for r in rows})
     for key in keys:
         train = [(d, [r for r in rows if r.key != key]) for d, rows in members]
         if not any(rows for _, rows in train):
             continue
-        results = fit_group(train, cache)
+        prior = shared_prior(key) if callable(shared_prior) else shared_prior
+        results = fit_group(train, cache, shared_prior=prior)
+        if fits is not None:
+            fits[key] = results
         for m, (device, rows) in enumerate(members):
             if not train[m][1]:
                 continue  # the member's only architecture: nothing of its own left to fit on
@@ -52,9 +59,9 @@ def leave_one_arch_out_group(members: list[tuple[Device, list[Measurement]]], ca
 
 
 def validate_group(members: list[tuple[Device, list[Measurement]]], cache: TermCache,
-                   results: list[FitResult]) -> list[dict]:
-    """The validation block of each member of a group fit."""
-    loao = leave_one_arch_out_group(members, cache)
+                   results: list[FitResult], shared_prior=None, fits: dict | None = None) -> list[dict]:
+    """The validation block of each member of a group fit (arguments: leave_one_arch_out_group's)."""
+    loao = leave_one_arch_out_group(members, cache, shared_prior, fits)
     return [_block(rows, result, held) for (_, rows), result, held in zip(members, results, loao)]
 
 

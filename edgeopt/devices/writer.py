@@ -42,6 +42,8 @@ def device_data(device: Device) -> dict:
     }
     if device.host_link_gbps != Figure():
         data["host_link_gbps"] = figure_data(device.host_link_gbps)
+    if device.depth_half != Figure():
+        data["depth_half"] = figure_data(device.depth_half)
     if device.cores != Figure():
         data["cores"] = figure_data(device.cores)
     energy = {"mac": {p: figure_data(f) for p, f in device.energy_pj_per_mac.items()}}

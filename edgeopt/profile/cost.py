@@ -15,8 +15,10 @@
   offline), plus the input and output activations only when the working set
   (weights + activations) does not fit the on-chip memory. A device with no
   known on-chip memory spills every layer.
-- class is the layer's shape class (profile/shapeclass.py: conv3x3, pointwise, grouped,
-  depthwise, conv, gemm, elementwise): runtimes run different kernels for each.
+- class is the layer's shape class (profile/shapeclass.py: conv3x3, pointwise, depthwise,
+  conv, gemm, elementwise; a grouped conv takes its kernel's class with per-group lanes):
+  runtimes run different kernels for each. A shallow reduction (few input channels x kernel
+  taps per output) keeps the lanes busy only part of the time: depth / (depth + depth_half).
 - A device with `weight_cache: partial` (the Edge TPU) caches the weights of the first
   layers that fit its on-chip memory and streams the rest on every inference; its
   activations stay on chip. `activations_onchip` alone keeps activations from spilling.

@@ -13,7 +13,7 @@ from edgeopt.profile.cost import ActItem, WeightItem, device_act_bytes, device_w
 from edgeopt.profile.counting import VIEW, Count, count_node, estimate_node
 from edgeopt.profile.graphinfo import GraphInfo, analyze, precision_of
 from edgeopt.profile.memory import act_inputs, decide_fusion, largest_activation, liveness
-from edgeopt.profile.shapeclass import cost_class, lane_utilization
+from edgeopt.profile.shapeclass import cost_class, depth_utilization, lane_utilization, reduction_depth
 from edgeopt.profile.subgraphs import Flat, flatten
 from edgeopt.profile.weights import WeightTable, narrower
 
@@ -233,6 +233,13 @@ def _profile(flat: Flat, device: Device | None) -> Profile:
         layer["cost_class"] = cls
         if utilization < 1.0:
             layer["lane_utilization"] = round(utilization, 4)
+        depth = reduction_depth(node, cls, wshape)
+        if depth:
+            layer["reduction_depth"] = depth
+            fill = depth_utilization(depth, device.depth_half.effective)
+            if fill < 1.0:
+                layer["depth_utilization"] = round(fill, 4)
+                utilization *= fill
         cost = layer_cost(device, op_class=counts[idx].op_class, macs=counts[idx].macs, ops=ops,
                           stored_precision=stored_precision, weights=witems, acts=acts,
                           weights_resident=resident, resident_bytes=resident_bytes, slowdown=slowdown,

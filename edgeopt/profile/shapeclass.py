@@ -1,10 +1,18 @@
 """The cost class of a MAC layer from its shape, and how well its channels fill the device's vector lanes.
 
 Runtimes run different kernels for layers the op type alone does not tell apart: a 3x3 stride-1 conv
-goes to Winograd / im2col-free kernels (ncnn, TVM, TensorRT), a 1x1 conv is a plain GEMM, a grouped
-conv is several small GEMMs, a depthwise conv is memory-bound on most chips. Each class gets its own
-efficiency in a device profile (`efficiency.conv3x3`, `.pointwise`, ...; a missing one falls back to
-`efficiency.conv`).
+goes to Winograd / im2col-free kernels (ncnn, TVM, TensorRT), a 1x1 conv is a plain GEMM, a depthwise
+conv is memory-bound on most chips. Each class gets its own efficiency in a device profile
+(`efficiency.conv3x3`, `.pointwise`, ...; a missing one falls back to `efficiency.conv`). A grouped conv
+is `group` independent convs of its kernel (ShuffleNet's grouped 1x1 runs the 1x1 kernel per group,
+ResNeXt's grouped 3x3 the 3x3 one): it takes its kernel's class, with the per-group channels below.
+
+Reduction depth: a GEMM kernel keeps a tile of outputs in registers and streams the reduction
+(input channels x kernel area, per group) through it; each tile's set-up and write-back cost is paid
+once per reduction, so a shallow reduction runs below the kernel's efficiency. The profile's
+`depth_half` is the depth at which half is lost: depth utilisation = depth / (depth + depth_half).
+It is what separates MobileNet v2's 16- to 32-channel bottleneck 1x1s, or SqueezeNet's squeeze layers,
+from ResNet's 256-channel ones at the same MACs.
 
 Lane utilisation: a layer whose channel count is not a multiple of the device's channel alignment
 (its SIMD width / systolic-array edge) wastes the remainder of the last vector, so its compute time is
@@ -18,7 +26,7 @@ import math
 
 import onnx
 
-CONV_CLASSES = ("conv3x3", "pointwise", "grouped")  # refinements of "conv"; efficiency falls back to conv
+CONV_CLASSES = ("conv3x3", "pointwise")  # refinements of "conv"; efficiency falls back to conv
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -29,14 +37,12 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 
 
 def cost_class(node: onnx.NodeProto, op_class: str, weight_shape: list[int] | None) -> str:
-    """conv3x3 / pointwise / grouped / conv for a dense-class conv, else the counting class."""
+    """conv3x3 / pointwise / conv for a dense-class conv (grouped ones by their kernel), else the counting
+    class."""
     if op_class != "conv" or node.op_type not in ("Conv", "ConvInteger", "QLinearConv", "FusedConv"):
         return op_class
     if not weight_shape or len(weight_shape) < 3:
         return op_class
-    group = int(_attr(node, "group", 1) or 1)
-    if group > 1:
-        return "grouped"
     kernel = list(weight_shape[2:])
     strides = list(_attr(node, "strides", None) or [1] * len(kernel))
     if all(k == 1 for k in kernel):
@@ -58,10 +64,31 @@ def lane_utilization(node: onnx.NodeProto, cls: str, weight_shape: list[int] | N
         return 1.0
     if cls == "depthwise":
         return _fill(weight_shape[0], lanes)
-    if cls in ("conv", "conv3x3", "pointwise", "grouped") and len(weight_shape) >= 2:
-        return _fill(weight_shape[0], lanes) * _fill(weight_shape[1], lanes)
+    if cls in ("conv", "conv3x3", "pointwise") and len(weight_shape) >= 2:  # per group: [Cout, Cin / group, ...]
+        group = max(int(_attr(node, "group", 1) or 1), 1)
+        return _fill(weight_shape[0] // group, lanes) * _fill(weight_shape[1], lanes)
     if cls == "gemm" and len(weight_shape) == 2:
         trans_b = node.op_type == "Gemm" and bool(_attr(node, "transB", 0))
         k, n = (weight_shape[1], weight_shape[0]) if trans_b else (weight_shape[0], weight_shape[1])
         return _fill(k, lanes) * _fill(n, lanes)
     return 1.0
+
+
+def reduction_depth(node: onnx.NodeProto, cls: str, weight_shape: list[int] | None) -> int | None:
+    """Multiply-adds per output element of a GEMM-like layer (input channels per group x kernel area;
+    an FC's input width), or None for the classes that are not a GEMM (depthwise, element-wise)."""
+    if not weight_shape or len(weight_shape) < 2:
+        return None
+    if cls in ("conv", "conv3x3", "pointwise"):
+        return int(weight_shape[1] * math.prod(weight_shape[2:]))
+    if cls == "gemm" and len(weight_shape) == 2:
+        trans_b = node.op_type == "Gemm" and bool(_attr(node, "transB", 0))
+        return int(weight_shape[1] if trans_b else weight_shape[0])
+    return None
+
+
+def depth_utilization(depth: int | None, depth_half: float | None) -> float:
+    """depth / (depth + depth_half): how much of its efficiency a kernel keeps at this reduction depth."""
+    if not depth or not depth_half:
+        return 1.0
+    return depth / (depth + depth_half)

@@ -187,7 +187,8 @@ def main(cache: Path) -> None:
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     models = fetch(cache, log)
     write_inputs(cache, log)
-    click.echo(f"corpus: {len(models)} models in {cache / 'models'}")
+    committed = sum(m.committed for m in MODELS)
+    click.echo(f"corpus: {len(models) - committed} models in {cache / 'models'}, {committed} committed in sample_models")
 
 
 if __name__ == "__main__":
