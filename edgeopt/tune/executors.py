@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -77,6 +78,59 @@ def ray_missing() -> str:
     return "--ray needs Ray, which is not installed: pip install 'edgeopt[ray]'"
 
 
+# Ray's token authentication (as in Ray 2.60): a cluster started with a token (`ray start --head` when RAY_AUTH_MODE=token or a
+# token file exists, ~/.ray/auth_token) rejects any driver that does not send it. Ray sends a token to an explicit
+# address only when RAY_AUTH_MODE=token is set in the driver's environment; it reads the token from RAY_AUTH_TOKEN,
+# else the file RAY_AUTH_TOKEN_PATH names, else ~/.ray/auth_token.
+TOKEN_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+TOKEN_HELP = "set RAY_AUTH_TOKEN to the cluster's token (run `ray get-auth-token` on the head) and run again"
+
+
+def _send_given_token() -> None:
+    """A token given in the environment is meant for the cluster: have Ray send it (unless RAY_AUTH_MODE says)."""
+    if os.environ.get("RAY_AUTH_MODE") is None and any(os.environ.get(name) for name in TOKEN_VARIABLES):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if "ray" in sys.modules:  # Ray reads its config once: refresh it, as Ray's own _enable_token_auth does
+            try:
+                from ray._raylet import Config
+
+                Config.initialize("")
+            except (ImportError, AttributeError):
+                pass
+
+
+def _auth_rejected(exc: BaseException, ray) -> bool:
+    """Ray's own authentication error anywhere in the chain. ray.init wraps it in RuntimeError / ConnectionError
+    and keeps only its traceback text, so the text is read too (Ray's class name and its InvalidAuthToken status)."""
+    auth_error = getattr(getattr(ray, "exceptions", None), "AuthenticationError", None)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if auth_error is not None and isinstance(exc, auth_error):
+            return True
+        text = str(exc)
+        if "ray.exceptions.AuthenticationError" in text or "InvalidAuthToken" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _token_problem(address: str) -> str:
+    """One line on what this driver sent, after the cluster's token authentication refused it."""
+    where = f"--ray {address}: cannot connect to the Ray cluster: its token authentication rejected this driver"
+    if (os.environ.get("RAY_AUTH_MODE") or "").lower() != "token":
+        return f"{where}, which sent no token; {TOKEN_HELP}"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        source = "RAY_AUTH_TOKEN"
+    elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        source = f"RAY_AUTH_TOKEN_PATH ({os.environ['RAY_AUTH_TOKEN_PATH']})"
+    elif (Path.home() / ".ray" / "auth_token").is_file():
+        source = str(Path.home() / ".ray" / "auth_token")
+    else:
+        return f"{where}: RAY_AUTH_MODE=token but no token was found; {TOKEN_HELP}"
+    return f"{where}: the token from {source} is not the cluster's; {TOKEN_HELP}"
+
+
 def connect_ray(address: str, jobs: int | None):
     """Use the Ray instance this process already has, else start (`local`) or join one."""
     from edgeopt.errors import UserError
@@ -88,12 +142,17 @@ def connect_ray(address: str, jobs: int | None):
     if not ray.is_initialized():
         import logging
 
+        if address != "local":
+            _send_given_token()
+
         try:
             if address == "local":
                 ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             else:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, AuthenticationError...
+            if _auth_rejected(exc, ray):
+                raise UserError(_token_problem(address)) from None
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"--ray {address}: cannot connect to a Ray cluster ({first}); start one with "
                             "`ray start --head` and pass HEAD:6379, or use --ray local") from None
