@@ -1,6 +1,6 @@
 """Real-export corpus bench: every pass on every corpus model, and the profile of each model.
 
-    .venv/bin/python bench/bench_corpus.py [--models ppocr_det yolov8n] [--passes quantize_static]
+    .venv/bin/python bench/bench_corpus.py [--models ppocr_det yolov8n] [--passes quantize_static] [--keep]
 
 Per model x pass (`edgeopt run` subprocess, defaults, after simplify + fold_batchnorm, on the model's
 rendered inputs from `make corpus`, devices host and myriadx): the outcome (exit code, or the one line
@@ -9,6 +9,9 @@ host latency (measured, onnxruntime 1 thread) before -> after. Per model: profil
 exactly), MACs against an independent count (bench/independent_macs.py: onnxruntime shapes + textbook
 formulas), host latency predicted vs measured, and the lossless chain (simplify, fold_batchnorm,
 fuse_relu6) keeping MACs and outputs. Writes bench/RESULTS_corpus.md.
+
+The whole grid takes hours on 2 cores; `--keep` regathers part of it: the rows it does not rerun are
+kept from the file as it was, and the header lists every run the file holds.
 """
 
 from __future__ import annotations
@@ -129,9 +132,47 @@ def _num(v, fmt="{:.3f}"):
     return "-" if v is None else fmt.format(v)
 
 
-def write(rows: list[dict], profiles: list[dict], out: Path, argv: list[str]) -> None:
-    lines = ["## Real-export corpus (bench/bench_corpus.py)", "",
-             f"Machine: {describe()}  ", f"Command: `python bench/bench_corpus.py {' '.join(argv)}`".rstrip() + "  ",
+def earlier(out: Path) -> tuple[list[str], dict, dict]:
+    """What a file written by `write` holds: its runs (Machine / Command lines), its model rows and its
+    pass rows, keyed by model and by (model, pass)."""
+    if not out.exists():
+        return [], {}, {}
+    runs, models, cells, section = [], {}, {}, None
+    for line in out.read_text().splitlines():
+        if line.startswith(("Machine:", "Command:", "Run:")):
+            runs.append(line.rstrip())
+        elif line.startswith("### "):
+            section = line[4:].strip()
+        elif line.startswith("| ") and not line.startswith(("| model |", "|---")):
+            cols = [c.strip() for c in line.strip("|").split("|")]
+            if section == "Models":
+                models[cols[0]] = line
+            elif section == "Pass x model" and len(cols) > 1:
+                cells[(cols[0], cols[1])] = line
+    return runs, models, cells
+
+
+def _in_grid_order(table: list[str]) -> list[str]:
+    """Table rows ordered by the corpus's model order, then by pass name (kept and fresh rows mixed)."""
+    order = {m.key: i for i, m in enumerate(MODELS)}
+
+    def key(line):
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        return order.get(cols[0], len(order)), cols[1] if len(cols) > 1 else ""
+    return sorted(table, key=key)
+
+
+def write(rows: list[dict], profiles: list[dict], out: Path, argv: list[str], keep: bool = False) -> None:
+    runs, kept_models, kept_cells = earlier(out) if keep else ([], {}, {})
+    if runs:  # one "Run:" line per run the file holds, the newest last
+        old = [r for r in runs if r.startswith("Run:")] or [
+            f"Run: {' '.join(r.split(': ', 1)[1] for r in runs[:2])}"]
+        runs = old + [f"Run: {describe()}; `python bench/bench_corpus.py {' '.join(argv)}`  "]
+        header = ["Regathered in parts (`--keep`): each row is from the newest run that covered it.  "] + [
+            r if r.endswith("  ") else r + "  " for r in runs]
+    else:
+        header = [f"Machine: {describe()}  ", f"Command: `python bench/bench_corpus.py {' '.join(argv)}`".rstrip() + "  "]
+    lines = ["## Real-export corpus (bench/bench_corpus.py)", "", *header,
              "Each cell: `edgeopt run` with simplify + fold_batchnorm + the pass at its defaults, on the model's "
              "rendered inputs (`make corpus`); cosine is the output against the input model; host ms is onnxruntime "
              "at 1 thread, batch of the recipe's first sample; est is the host profile's roofline.", "",
@@ -143,6 +184,9 @@ def write(rows: list[dict], profiles: list[dict], out: Path, argv: list[str]) ->
               "| model | export | coverage | MACs (all) | Conv/ConvT/Gemm/MatMul MACs | same, independent | diff "
               "| est host ms | measured host ms | est / measured | lossless chain: MACs kept, max error |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    fresh = {p["model"] for p in profiles}
+    table_start = len(lines)
+    lines += [line for model, line in kept_models.items() if model not in fresh]
     for p in profiles:
         if p["rc"] != 0:
             lines.append(f"| {p['model']} | {p['what']} | FAILED rc={p['rc']}: {p['message']} ||||||||")
@@ -154,9 +198,13 @@ def write(rows: list[dict], profiles: list[dict], out: Path, argv: list[str]) ->
             f"{p['macs4'] / 1e6:.3f} M | {'-' if ind is None else f'{ind / 1e6:.3f} M'} | {_pct(ind, p['macs4'])} | "
             f"{_num(p['est_host_ms'])} | {_num(p['host_ms'])} | {_num(ratio, '{:.2f}')} | "
             f"{'yes' if p['lossless_macs_kept'] else 'NO'}, {p['lossless_max_error']:.2g} |")
+    lines[table_start:] = _in_grid_order(lines[table_start:])
     lines += ["", "### Pass x model", "",
               "| model | pass | outcome | cosine | weight bytes | MACs | host ms (measured) | host ms (est) | what the pass said |",
               "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    rerun = {(r["model"], r["pass"]) for r in rows}
+    table_start = len(lines)
+    lines += [line for cell, line in kept_cells.items() if cell not in rerun]
     for r in rows:
         if r["rc"] != 0:
             outcome = {2: "does not apply", 1: "check failed", 3: "FAILED"}.get(r["rc"], "FAILED")
@@ -169,8 +217,11 @@ def write(rows: list[dict], profiles: list[dict], out: Path, argv: list[str]) ->
             f"{wb[0] / 1e3:.0f} -> {wb[1] / 1e3:.0f} kB ({_pct(*wb)}) | {_pct(*macs)} | "
             f"{_num(ms[0])} -> {_num(ms[1])} ({_pct(*ms)}) | {_num(est[0])} -> {_num(est[1])} | "
             f"{_said(r['summary'])} |")
+    lines[table_start:] = _in_grid_order(lines[table_start:])
     failed = [r for r in rows if r["rc"] not in (0, 2)] + [p for p in profiles if p["rc"] != 0]
-    lines += ["", f"Cells failed: {len(failed)} of {len(rows) + len(profiles)}.", ""]
+    kept = len([c for c in kept_cells if c not in rerun]) + len([m for m in kept_models if m not in fresh])
+    lines += ["", f"Cells failed: {len(failed)} of {len(rows) + len(profiles)} run"
+              + (f" ({kept} rows kept from earlier runs)." if kept else "."), ""]
     out.write_text("\n".join(lines))
 
 
@@ -179,6 +230,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--models", nargs="*", default=[m.key for m in MODELS])
     parser.add_argument("--passes", nargs="*", default=[p for p in pass_names() if p not in PREFIX])
     parser.add_argument("--out", default=str(HERE / "RESULTS_corpus.md"))
+    parser.add_argument("--keep", action="store_true", help="keep the rows of --out that this run does not redo")
     args = parser.parse_args(argv)
     fetch(CACHE)
     write_inputs(CACHE)
@@ -194,7 +246,7 @@ def main(argv: list[str]) -> int:
             rows.append(cell(model, pass_name))
             r = rows[-1]
             print(f"{model.key:16s} {pass_name:18s} rc={r['rc']} cos={r.get('cosine')} {r['message'][:120]}", flush=True)
-    write(rows, profiles, Path(args.out), argv)
+    write(rows, profiles, Path(args.out), argv, keep=args.keep)
     print(f"wrote {args.out}")
     return 0
 
