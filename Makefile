@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CORPUS := build/corpus
 
-.PHONY: demo test test-fast test-browser corpus constraints models sample-models exports device-exports bench clean
+.PHONY: demo test test-huge test-fast test-browser corpus constraints models sample-models exports device-exports bench clean
 
 # The venv installs exact versions from constraints.txt (pyproject keeps the ranges), so a new onnx or
 # onnxruntime release cannot turn CI red overnight. `make constraints` refreshes it on purpose.
@@ -31,7 +31,10 @@ demo: $(STAMP)
 
 # -n auto: one worker per core; each corpus model's cells stay on one worker (--dist loadgroup)
 test: $(STAMP) corpus
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10 -m 'not huge'
+
+test-huge: $(STAMP)
+	$(BIN)/python -m pytest -q -m huge --durations=3
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m 'not slow and not corpus'

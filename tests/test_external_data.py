@@ -354,6 +354,7 @@ def _run_path(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.huge
 def test_a_model_over_2_gib_through_simplify_quantize_weights_and_profile(tmp_path):
     started = time.perf_counter()
     _write_big_model(tmp_path)
