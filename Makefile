@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CORPUS := build/corpus
 
-.PHONY: demo test test-huge test-fast test-browser corpus constraints models sample-models exports device-exports bench clean
+.PHONY: demo test test-heavy test-huge test-fast test-browser corpus constraints models sample-models exports device-exports bench clean
 
 # The venv installs exact versions from constraints.txt (pyproject keeps the ranges), so a new onnx or
 # onnxruntime release cannot turn CI red overnight. `make constraints` refreshes it on purpose.
@@ -31,7 +31,12 @@ demo: $(STAMP)
 
 # -n auto: one worker per core; each corpus model's cells stay on one worker (--dist loadgroup)
 test: $(STAMP) corpus
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10 -m 'not huge'
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10 -m 'not huge and not heavy'
+
+# The slowest corpus cells (quantize_static, codebook, the splits ... on YOLOv8n and PP-OCR): kept out of
+# make test's 10 minutes, run by CI after it
+test-heavy: $(STAMP) corpus
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=5 -m heavy
 
 test-huge: $(STAMP)
 	$(BIN)/python -m pytest -q -m huge --durations=3

@@ -83,3 +83,18 @@ def record_progress_bars(monkeypatch, module) -> list[list]:
 
     monkeypatch.setattr(module, "steps", steps)
     return calls
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Make `--dist loadgroup` group again under pytest 9: xdist 3.8 appends "@group" to `item._nodeid`,
+    which pytest 8 read as the node id; pytest 9 reads `item._id`, so the suffix never reached the scheduler
+    and every xdist_group spread over the workers. Runs after xdist's hook (trylast) and copies the suffix."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        grouped = getattr(item, "_nodeid", None)
+        if isinstance(grouped, str) and grouped != item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(grouped)

@@ -103,9 +103,9 @@ def _prepared(model, tmp_factory) -> Path:
     return _PREPARED[model.key]
 
 
-def _grouped(cells, key):
+def _grouped(cells, key, marks=lambda cell: []):
     """One xdist group per corpus model (make test: --dist loadgroup), so its lossless prefix is run once."""
-    return [pytest.param(*cell, marks=pytest.mark.xdist_group(key(cell)), id=ident)
+    return [pytest.param(*cell, marks=[pytest.mark.xdist_group(key(cell)), *marks(cell)], id=ident)
             for cell, ident in cells]
 
 
@@ -132,8 +132,23 @@ def test_lossless_chain_keeps_outputs_and_macs(model, tmp_path):
 
 CELLS = [(m, p) for m in MODELS for p in pass_names() if p not in PREFIX]
 
+# The cells that take 10-60 s each on 2 cores (pytest --durations): static int8 everywhere (it calibrates and
+# times trial sessions), and on the three largest exports the passes that run the model many times or rewrite
+# every conv. They run in `make test-heavy`, which CI runs after `make test`, so make test keeps under its
+# 10 minutes with every model and every other pass still in it.
+HEAVY_MODELS = {"yolov8n", "ppocr_rec", "ppocr_det"}
+HEAVY_PASSES = {"quantize_static", "quantize_codebook", "split_spatial", "split_depthwise", "convert_fp16",
+                "equalize"}
 
-@pytest.mark.parametrize("model,pass_name", _grouped([(c, f"{c[0].key}-{c[1]}") for c in CELLS], lambda c: c[0].key))
+
+def _cell_marks(cell):
+    model, pass_name = cell
+    heavy = pass_name == "quantize_static" or (model.key in HEAVY_MODELS and pass_name in HEAVY_PASSES)
+    return [pytest.mark.heavy] if heavy else []
+
+
+@pytest.mark.parametrize("model,pass_name", _grouped([(c, f"{c[0].key}-{c[1]}") for c in CELLS],
+                                                     lambda c: c[0].key, _cell_marks))
 def test_pass_on_real_export(model, pass_name, tmp_path, tmp_path_factory):
     prepared = _prepared(model, tmp_path_factory)
     _, data = _paths(model)
@@ -205,6 +220,7 @@ def _limited(limit: int):
     return apply
 
 
+@pytest.mark.heavy
 @pytest.mark.xdist_group("ppocr_det")
 def test_quantize_static_on_ppocr_det_at_640_fits_a_memory_limit(tmp_path):
     from edgeopt.zoo.corpus import BY_KEY

@@ -23,7 +23,7 @@ def _recipe(tmp_path: Path, ratio: float, bits: int = 8):
     doc = {"model": str(SAMPLES / "mobilenet_digits.onnx"), "output": str(tmp_path / f"out_{ratio}_{bits}.onnx"),
            "device": "myriadx", "data": str(SAMPLES / "digits_test.npz"),
            "calibration_data": str(SAMPLES / "digits_calib.npz"),
-           "passes": ["simplify", "fold_batchnorm", {"prune_channels": {"ratio": ratio, "reconstruct": True}},
+           "passes": ["simplify", "fold_batchnorm", {"prune_channels": {"ratio": ratio}},
                       {"quantize_weights": {"bits": bits}}]}
     return parse_recipe(doc, tmp_path / "r.yaml")
 
