@@ -24,6 +24,7 @@ _TOP_KEYS = {
     "onchip_bytes", "onchip_gbps", "power_w", "alignment", "efficiency", "fuses", "energy_pj",
     "sparse_weights", "layer_overhead_us", "run_overhead_us", "cores", "weight_decode",
     "base", "device", "runtime", "threads", "host_link_gbps", "weight_cache", "activations_onchip", "fit",
+    "reduction_lanes",
     "validation", "class_overhead_us", "depth_half",
 }
 _MERGED_KEYS = {"peak_gops", "efficiency", "energy_pj", "alignment"}  # a variant overrides these key by key
@@ -268,6 +269,9 @@ def _runtime_fields(data: dict, fail) -> dict:
     act_onchip = data.get("activations_onchip", False)
     if not isinstance(act_onchip, bool):
         fail("activations_onchip", f"must be true or false, got {act_onchip!r}")
+    reduction_lanes = data.get("reduction_lanes", True)
+    if not isinstance(reduction_lanes, bool):
+        fail("reduction_lanes", f"must be true or false, got {reduction_lanes!r}")
     for key in ("fit", "validation"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             fail(key, "must be a mapping")
@@ -281,6 +285,7 @@ def _runtime_fields(data: dict, fail) -> dict:
         host_link_gbps=_figure(data.get("host_link_gbps"), "host_link_gbps", fail, positive=True),
         weight_cache=cache,
         activations_onchip=act_onchip,
+        reduction_lanes=reduction_lanes,
         fit=dict(data.get("fit") or {}),
         validation=dict(data.get("validation") or {}),
     )

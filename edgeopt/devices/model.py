@@ -9,8 +9,10 @@ PRECISIONS = ("int4", "int8", "fp16", "fp32")  # narrow to wide; "nearest" walks
 PRECISION_BYTES = {"int4": 0.5, "int8": 1, "fp16": 2, "fp32": 4}
 OP_CLASSES = ("conv", "depthwise", "gemm", "elementwise")
 # efficiency keys: the counting classes plus the conv refinements of profile/shapeclass.py (fall back to conv)
-CONV_CLASSES = ("conv3x3", "pointwise")  # a grouped conv takes its kernel's class (profile/shapeclass.py)
-EFFICIENCY_CLASSES = ("conv", "conv3x3", "pointwise", "depthwise", "gemm", "elementwise")
+CONV_CLASSES = ("conv3x3", "pointwise", "grouped")  # refinements of conv (profile/shapeclass.py)
+# data: data movement (Transpose, Concat, Split, Slice, Resize, ...), a strided copy rather than arithmetic
+# on a stream; falls back to elementwise
+EFFICIENCY_CLASSES = ("conv", "conv3x3", "pointwise", "grouped", "depthwise", "gemm", "elementwise", "data")
 WEIGHT_CACHE_MODES = ("all", "partial")
 # an efficiency is achieved ops / (peak x nominal ops); a 3x3 stride-1 conv can beat 1 because Winograd
 # (ncnn, TVM, TensorRT, ARM Compute) does up to ~4x fewer multiplications than the nominal MACs
@@ -138,6 +140,9 @@ class Device:
     host_link_gbps: Figure = field(default_factory=Figure)  # inputs / outputs cross it on every inference
     weight_cache: str = "all"  # all: weights stay on chip only if all fit; partial: the first ones that fit
     activations_onchip: bool = False  # activations never spill (Edge TPU: the compiler keeps them on chip)
+    # whether a layer's reduction (input channels) pads the vector lanes too, or only its outputs do
+    # (profile/shapeclass.py lane_utilization): true for arrays, GPU tiles and ncnn's packed layouts
+    reduction_lanes: bool = True
     fit: dict = field(default_factory=dict)  # rows the C figures were fitted on and the fit's error
     validation: dict = field(default_factory=dict)  # held against published rows (in sample, leave-one-arch-out)
     variant: str = ""  # loaded by a short name (aliases.yaml): the profile it picked
@@ -180,6 +185,8 @@ class Device:
         fig = self.efficiency.get(op_class)
         if (fig is None or fig.effective is None) and op_class in CONV_CLASSES:
             fig = self.efficiency.get("conv")
+        elif (fig is None or fig.effective is None) and op_class == "data":
+            fig = self.efficiency.get("elementwise")
         value = fig.effective if fig else None
         return 1.0 if value is None else float(value)
 
@@ -204,7 +211,8 @@ class Device:
 
     def layer_overhead_s(self, op_class: str) -> float:
         """Fixed time per executed layer: generic dispatch plus the op class's own set-up."""
-        return self.overhead_s + float(self.class_overhead_us.get(op_class, 0.0)) * 1e-6
+        fallback = self.class_overhead_us.get("elementwise", 0.0) if op_class == "data" else 0.0
+        return self.overhead_s + float(self.class_overhead_us.get(op_class, fallback)) * 1e-6
 
     @property
     def host_link_bytes_per_s(self) -> float | None:

@@ -40,6 +40,8 @@ def device_data(device: Device) -> dict:
         "run_overhead_us": figure_data(device.run_overhead_us),
         "weight_cache": device.weight_cache, "activations_onchip": device.activations_onchip,
     }
+    if not device.reduction_lanes:
+        data["reduction_lanes"] = False
     if device.host_link_gbps != Figure():
         data["host_link_gbps"] = figure_data(device.host_link_gbps)
     if device.depth_half != Figure():

@@ -23,7 +23,8 @@
   layers that fit its on-chip memory and streams the rest on every inference; its
   activations stay on chip. `activations_onchip` alone keeps activations from spilling.
 - A data-movement layer (Transpose, Concat, ...) that stays on chip is priced
-  as one element-wise op per output element.
+  as one op per output element at the `data` efficiency (a strided copy; a
+  profile without one uses its element-wise efficiency).
 - Fused layers cost nothing here: their ops are in their anchor's group.
 - arithmetic intensity = ops / bytes the layer touches (weights + activations
   at device width), so it does not depend on the on-chip verdict; `bound` is
@@ -130,7 +131,9 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
     cls = cost_class or op_class
     if op_class == DATA and fits:
         effective_ops = ops + sum(a.numel or 0 for a in acts) // 2  # a copy: ~one op per element moved
-    if op_class in (DATA, QDQ):
+    if op_class == DATA:
+        cls = DATA  # its own efficiency (a strided copy), falling back to the element-wise one
+    elif op_class == QDQ:
         cls = ELEMENTWISE
     peak = device.peak_ops_per_s(p)
     compute_s = (effective_ops * slowdown / (peak * device.efficiency_for(cls) * max(utilization, 1e-3))

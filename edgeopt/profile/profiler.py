@@ -229,7 +229,7 @@ def _profile(flat: Flat, device: Device | None) -> Profile:
         wshape = _weight_shape(info, node, counts[idx])
         cls = cost_class(node, counts[idx].op_class, wshape)
         lanes = device.alignment_for(device.compute_precision(stored_precision or device.default_precision))
-        utilization = lane_utilization(node, cls, wshape, lanes)
+        utilization = lane_utilization(node, cls, wshape, lanes, reduction_lanes=device.reduction_lanes)
         layer["cost_class"] = cls
         if utilization < 1.0:
             layer["lane_utilization"] = round(utilization, 4)
