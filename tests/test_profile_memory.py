@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeopt.devices import parse_device
@@ -67,3 +68,33 @@ def test_working_set_fits_onchip_per_layer():
     small = profile_model(skip_graph(), toy(["Relu"], onchip=2000))
     assert all(l["fits_onchip"] is False for l in small.layers if l["bound"] not in ("fused",))
     assert small.totals["weights_fit_onchip"] is False
+
+
+def gated_graph(gate: str, se: bool = False):
+    """conv (8 ch, 2048 B) -> x * gate(x); with se=True the gate reads another tensor (a squeeze-excitation
+    gate, Mul(x, gate(s))), which is no activation of x."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    if se:
+        nodes.append(helper.make_node("GlobalAveragePool", ["c"], ["s"], name="pool"))
+    nodes += [helper.make_node(gate, ["s" if se else "c"], ["g"], name="gate"),
+              helper.make_node("Mul", ["c", "g"], ["y"], name="mul")]
+    graph = helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_gated_activation_is_one_layer_whatever_the_device_fuses():
+    for gate, gate_ops in (("Sigmoid", 4), ("HardSigmoid", 3)):
+        prof = profile_model(gated_graph(gate), toy([]))
+        layers = {layer["name"]: layer for layer in prof.layers}
+        assert layers["gate"]["fused_into"] == "mul" and layers["gate"]["est_latency_ms"] == 0.0
+        mul = layers["mul"]
+        assert mul["ops"] == 512  # the Mul's own ops; the gate's run in the same layer (100 GOPS, efficiency 1)
+        assert mul["compute_ms"] == pytest.approx(512 * (1 + gate_ops) / 100e9 * 1e3)
+        # one pass: reads c (2048 B) and writes y (2048 B); g is never written
+        assert mul["working_set_bytes"] == 4096
+        assert prof.totals["peak_activation_bytes"] == 1024 + 2048 + 2048 - 1024  # x freed after conv: c + y
+    se = {layer["name"]: layer for layer in profile_model(gated_graph("Sigmoid", se=True), toy([])).layers}
+    assert "fused_into" not in se["gate"]  # a gate of another tensor stays its own layer

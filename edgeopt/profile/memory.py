@@ -7,7 +7,11 @@ consumer and is not a graph output, runs in that layer's epilogue. The
 intermediate tensor is never written (it is "virtual"), and the fused op
 moves nothing. QuantizeLinear after a layer always fuses (static int8 QDQ:
 the layer writes int8), and DequantizeLinear on an activation is a view of
-its int8 input.
+its int8 input. A gated activation, x * Sigmoid(x) or x * HardSigmoid(x)
+(SiLU and HardSwish as exporters before opset 14 write them), is one
+activation on every runtime (ncnn's Swish / HardSwish, onnxruntime's
+QuickGelu, TFLite's HARD_SWISH): the gate runs inside the Mul, whatever the
+device's `fuses` list says.
 
 Liveness: a tensor is allocated when its producer runs and freed after its
 last consumer (graph inputs from the start, graph outputs to the end). Views
@@ -25,6 +29,7 @@ from edgeopt.profile.counting import MAC_OPS, VIEW, Count
 from edgeopt.profile.graphinfo import GraphInfo
 
 ALWAYS_FUSED = {"QuantizeLinear"}
+GATES = {"Sigmoid", "HardSigmoid"}  # x * gate(x): one activation (SiLU, HardSwish)
 
 
 @dataclass
@@ -52,6 +57,12 @@ def decide_fusion(info: GraphInfo, order: list[int], counts: dict[int, Count], f
             if inputs and node.output and node.op_type not in ("Shape", "Size"):
                 fusion.alias[node.output[0]] = fusion.alias.get(inputs[0], inputs[0])
             continue
+        gate = _gate_of(info, idx, fusion)
+        if gate is not None:
+            fusion.anchor_of[gate] = idx
+            fusion.members.setdefault(idx, []).append(gate)
+            fusion.virtual.add(info.nodes[gate].output[0])
+            continue
         if node.op_type not in fusable:
             continue
         for tensor in inputs:
@@ -70,6 +81,23 @@ def decide_fusion(info: GraphInfo, order: list[int], counts: dict[int, Count], f
             fusion.virtual.add(tensor)
             break
     return fusion
+
+
+def _gate_of(info: GraphInfo, idx: int, fusion: Fusion) -> int | None:
+    """The gate node of node `idx` when it is the Mul of x * gate(x) and the gate feeds nothing else."""
+    node = info.nodes[idx]
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    a, b = node.input
+    for gated, x in ((a, b), (b, a)):
+        producer = info.producer.get(gated)
+        if producer is None or producer in fusion.anchor_of:
+            continue
+        gate = info.nodes[producer]
+        if (gate.op_type in GATES and gate.input and gate.input[0] == x
+                and info.consumers.get(gated, []) == [idx] and gated not in info.graph_outputs):
+            return producer
+    return None
 
 
 @dataclass
