@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeopt.devices import Device, host_calibration_path
 from edgeopt.devices.hostinfo import cpu_info, cpu_signature
 from edgeopt.graph.io import write_atomic
+from edgeopt.profile.calibration_nets import training_networks
 from edgeopt.profile.measure import make_session, measure_latency, random_feeds
 
 OPSET = 17
@@ -270,53 +271,6 @@ def calibrate_host(budget_s: float = 0.6, progress=None, write: bool = True) -> 
         write_atomic(path, yaml.safe_dump(result, sort_keys=False).encode())
         result["path"] = str(path)
     return result
-
-
-def training_networks() -> list[tuple[str, onnx.ModelProto]]:
-    """What `calibrate host` fits whole-network figures on: the zoo builders at sizes unlike any export
-    (so the corpus and the exported architectures stay held out), plus plain conv stacks."""
-    from edgeopt.zoo import build_mobilenet_v2, build_resnet18
-
-    nets = [("mobilenet_v2 x0.5 @160", build_mobilenet_v2(width_mult=0.5, resolution=160, calibration_images=2)),
-            ("mobilenet_v2 x1.0 @192", build_mobilenet_v2(resolution=192, calibration_images=2)),
-            ("mobilenet_v2 x0.35 @64", build_mobilenet_v2(width_mult=0.35, resolution=64, calibration_images=2)),
-            ("resnet18 @64", build_resnet18(resolution=64, calibration_images=2)),
-            ("resnet18 @128", build_resnet18(resolution=128, calibration_images=2)),
-            ("resnet18 @192", build_resnet18(resolution=192, calibration_images=2))]
-    rng = np.random.default_rng(7)
-    # many layers with little work in each: what pins the per-layer and per-run costs (small models, RNNs)
-    nets.append(("conv chain 24 x 3x3 16@16", _chain(rng, "conv", 24)))
-    nets.append(("mlp 12 x 128", _chain(rng, "gemm", 12)))
-    for label, cin, cout, hw, k, group in (("conv3x3 64@56", 64, 64, 56, 3, 1), ("pointwise 128@28", 128, 256, 28, 1, 1),
-                                           ("depthwise 256@28", 256, 256, 28, 3, 256), ("grouped 128@28 g8", 128, 128, 28, 3, 8),
-                                           ("conv5x5 32@56", 32, 64, 56, 5, 1)):
-        w = (rng.normal(size=(cout, cin // group, k, k)) * 0.05).astype(np.float32)
-        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[k // 2] * 4, group=group),
-                 helper.make_node("Relu", ["y"], ["z"])]
-        graph = helper.make_graph(nodes, label, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
-                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-                                  [numpy_helper.from_array(w, "w")])
-        nets.append((label, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])))
-    return nets
-
-
-def _chain(rng, kind: str, n: int) -> onnx.ModelProto:
-    """n small layers, each followed by Relu: 3x3 convs of 16 channels at 16x16, or 128-wide Gemms."""
-    nodes, inits, prev = [], [], "x"
-    for i in range(n):
-        w = f"w{i}"
-        if kind == "conv":
-            inits.append(numpy_helper.from_array((rng.normal(size=(16, 16, 3, 3)) * 0.08).astype(np.float32), w))
-            nodes.append(helper.make_node("Conv", [prev, w], [f"c{i}"], pads=[1, 1, 1, 1]))
-        else:
-            inits.append(numpy_helper.from_array((rng.normal(size=(128, 128)) * 0.08).astype(np.float32), w))
-            nodes.append(helper.make_node("Gemm", [prev, w], [f"c{i}"], transB=1))
-        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
-        prev = f"r{i}"
-    shape = [1, 16, 16, 16] if kind == "conv" else [1, 128]
-    graph = helper.make_graph(nodes, f"{kind} chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def fit_networks(budget_s: float) -> dict:
