@@ -40,11 +40,14 @@ def test_grouped_convs_are_their_own_class_with_per_group_channels():
     assert cost_class(conv_model(64, 64, k=3, group=8).graph.node[0], "conv", [64, 8, 3, 3]) == "grouped"
     assert cost_class(conv_model(64, 64, k=3).graph.node[0], "conv", [64, 64, 3, 3]) == "conv3x3"
     # 240 / 3 = 80 output channels per group fill 16-lane vectors exactly; 60 / 3 = 20 do not (20 / 32)
-    assert lane_utilization(pointwise, "grouped", [240, 80, 1, 1], 16) == 1.0
-    assert lane_utilization(pointwise, "grouped", [60, 80, 1, 1], 16) == pytest.approx(20 / 32)
+    assert lane_utilization(pointwise, "pointwise", [240, 80, 1, 1], 16) == 1.0
+    assert lane_utilization(pointwise, "pointwise", [60, 80, 1, 1], 16) == pytest.approx(20 / 32)
     # a CPU runs its lanes along the outputs: the reduction (90 of 96 lanes) does not pad there
-    assert lane_utilization(pointwise, "grouped", [60, 90, 1, 1], 16, reduction_lanes=False) == pytest.approx(20 / 32)
-    assert reduction_depth(pointwise, "grouped", [240, 80, 1, 1]) == 80
+    assert lane_utilization(pointwise, "pointwise", [60, 90, 1, 1], 16, reduction_lanes=False) == pytest.approx(20 / 32)
+    assert reduction_depth(pointwise, "pointwise", [240, 80, 1, 1]) == 80
+    grouped = conv_model(64, 64, k=3, group=8).graph.node[0]  # 8 in, 8 out per group: 8-lane vectors full
+    assert lane_utilization(grouped, "grouped", [64, 8, 3, 3], 8) == 1.0
+    assert reduction_depth(grouped, "grouped", [64, 8, 3, 3]) == 72
     assert reduction_depth(pointwise, "depthwise", [240, 1, 3, 3]) is None
     assert depth_utilization(16, 16.0) == 0.5 and depth_utilization(None, 16.0) == 1.0
 

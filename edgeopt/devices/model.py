@@ -13,6 +13,8 @@ CONV_CLASSES = ("conv3x3", "pointwise", "grouped")  # refinements of conv (profi
 # data: data movement (Transpose, Concat, Split, Slice, Resize, ...), a strided copy rather than arithmetic
 # on a stream; falls back to elementwise
 EFFICIENCY_CLASSES = ("conv", "conv3x3", "pointwise", "grouped", "depthwise", "gemm", "elementwise", "data")
+# a refined class a profile gives no figure for takes its parent's (efficiency and per-layer overhead)
+CLASS_FALLBACK = {**{c: "conv" for c in CONV_CLASSES}, "data": "elementwise"}
 WEIGHT_CACHE_MODES = ("all", "partial")
 # an efficiency is achieved ops / (peak x nominal ops); a 3x3 stride-1 conv can beat 1 because Winograd
 # (ncnn, TVM, TensorRT, ARM Compute) does up to ~4x fewer multiplications than the nominal MACs
@@ -183,10 +185,8 @@ class Device:
 
     def efficiency_for(self, op_class: str) -> float:
         fig = self.efficiency.get(op_class)
-        if (fig is None or fig.effective is None) and op_class in CONV_CLASSES:
-            fig = self.efficiency.get("conv")
-        elif (fig is None or fig.effective is None) and op_class == "data":
-            fig = self.efficiency.get("elementwise")
+        if (fig is None or fig.effective is None) and op_class in CLASS_FALLBACK:
+            fig = self.efficiency.get(CLASS_FALLBACK[op_class])
         value = fig.effective if fig else None
         return 1.0 if value is None else float(value)
 
@@ -211,8 +211,10 @@ class Device:
 
     def layer_overhead_s(self, op_class: str) -> float:
         """Fixed time per executed layer: generic dispatch plus the op class's own set-up."""
-        fallback = self.class_overhead_us.get("elementwise", 0.0) if op_class == "data" else 0.0
-        return self.overhead_s + float(self.class_overhead_us.get(op_class, fallback)) * 1e-6
+        us = self.class_overhead_us.get(op_class)
+        if us is None and op_class in CLASS_FALLBACK:  # a 3x3 conv pays the conv set-up `calibrate host` measured
+            us = self.class_overhead_us.get(CLASS_FALLBACK[op_class])
+        return self.overhead_s + float(us or 0.0) * 1e-6
 
     @property
     def host_link_bytes_per_s(self) -> float | None:

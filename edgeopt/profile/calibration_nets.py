@@ -65,15 +65,17 @@ def _chain(rng, kind: str, n: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def _weight(rng, inits: list, name: str, shape: tuple) -> str:
+    """A He-scaled random initializer appended to `inits`; returns its name."""
+    inits.append(numpy_helper.from_array((rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name))
+    return name
+
+
 def _mbconv_stack(rng, gate: str, blocks: int, c: int, hw: int, expand: int = 4) -> onnx.ModelProto:
     """`blocks` inverted residuals: 1x1 expand, gated activation, depthwise 3x3, gated activation,
     squeeze-excitation (GlobalAveragePool, 1x1, Relu, 1x1, gate, Mul), 1x1 project, Add."""
     nodes, inits = [], []
     mid, squeeze = c * expand, max(c // 4, 8)
-
-    def w(name, shape):
-        inits.append(numpy_helper.from_array((rng.normal(size=shape) * (1.0 / np.sqrt(np.prod(shape[1:])))).astype(np.float32), name))
-        return name
 
     def gated(x, name):
         nodes.append(helper.make_node(gate, [x], [f"{name}_g"]))
@@ -83,17 +85,17 @@ def _mbconv_stack(rng, gate: str, blocks: int, c: int, hw: int, expand: int = 4)
     prev = "x"
     for i in range(blocks):
         p = f"b{i}"
-        nodes.append(helper.make_node("Conv", [prev, w(f"{p}_ew", (mid, c, 1, 1))], [f"{p}_e"]))
+        nodes.append(helper.make_node("Conv", [prev, _weight(rng, inits, f"{p}_ew", (mid, c, 1, 1))], [f"{p}_e"]))
         e = gated(f"{p}_e", f"{p}_e")
-        nodes.append(helper.make_node("Conv", [e, w(f"{p}_dw", (mid, 1, 3, 3))], [f"{p}_d"], pads=[1] * 4, group=mid))
+        nodes.append(helper.make_node("Conv", [e, _weight(rng, inits, f"{p}_dw", (mid, 1, 3, 3))], [f"{p}_d"], pads=[1] * 4, group=mid))
         d = gated(f"{p}_d", f"{p}_d")
         nodes.append(helper.make_node("GlobalAveragePool", [d], [f"{p}_s"]))
-        nodes.append(helper.make_node("Conv", [f"{p}_s", w(f"{p}_s1w", (squeeze, mid, 1, 1))], [f"{p}_s1"]))
+        nodes.append(helper.make_node("Conv", [f"{p}_s", _weight(rng, inits, f"{p}_s1w", (squeeze, mid, 1, 1))], [f"{p}_s1"]))
         nodes.append(helper.make_node("Relu", [f"{p}_s1"], [f"{p}_s1r"]))
-        nodes.append(helper.make_node("Conv", [f"{p}_s1r", w(f"{p}_s2w", (mid, squeeze, 1, 1))], [f"{p}_s2"]))
+        nodes.append(helper.make_node("Conv", [f"{p}_s1r", _weight(rng, inits, f"{p}_s2w", (mid, squeeze, 1, 1))], [f"{p}_s2"]))
         nodes.append(helper.make_node(gate, [f"{p}_s2"], [f"{p}_sg"]))
         nodes.append(helper.make_node("Mul", [d, f"{p}_sg"], [f"{p}_se"]))
-        nodes.append(helper.make_node("Conv", [f"{p}_se", w(f"{p}_pw", (c, mid, 1, 1))], [f"{p}_p"]))
+        nodes.append(helper.make_node("Conv", [f"{p}_se", _weight(rng, inits, f"{p}_pw", (c, mid, 1, 1))], [f"{p}_p"]))
         nodes.append(helper.make_node("Add", [prev, f"{p}_p"], [f"{p}_y"]))
         prev = f"{p}_y"
     graph = helper.make_graph(nodes, f"se-mbconv {gate}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
@@ -109,18 +111,14 @@ def _shuffle_stack(rng, blocks: int, c: int, hw: int) -> onnx.ModelProto:
              numpy_helper.from_array(np.array([1, 2, half, hw, hw], np.int64), "grouped"),
              numpy_helper.from_array(np.array([1, c, hw, hw], np.int64), "flat")]
 
-    def w(name, shape):
-        inits.append(numpy_helper.from_array((rng.normal(size=shape) * (1.0 / np.sqrt(np.prod(shape[1:])))).astype(np.float32), name))
-        return name
-
     prev = "x"
     for i in range(blocks):
         p = f"u{i}"
         nodes.append(helper.make_node("Split", [prev, "split"], [f"{p}_l", f"{p}_r"], axis=1))
-        nodes.append(helper.make_node("Conv", [f"{p}_r", w(f"{p}_aw", (half, half, 1, 1))], [f"{p}_a"]))
+        nodes.append(helper.make_node("Conv", [f"{p}_r", _weight(rng, inits, f"{p}_aw", (half, half, 1, 1))], [f"{p}_a"]))
         nodes.append(helper.make_node("Relu", [f"{p}_a"], [f"{p}_ar"]))
-        nodes.append(helper.make_node("Conv", [f"{p}_ar", w(f"{p}_dw", (half, 1, 3, 3))], [f"{p}_d"], pads=[1] * 4, group=half))
-        nodes.append(helper.make_node("Conv", [f"{p}_d", w(f"{p}_bw", (half, half, 1, 1))], [f"{p}_b"]))
+        nodes.append(helper.make_node("Conv", [f"{p}_ar", _weight(rng, inits, f"{p}_dw", (half, 1, 3, 3))], [f"{p}_d"], pads=[1] * 4, group=half))
+        nodes.append(helper.make_node("Conv", [f"{p}_d", _weight(rng, inits, f"{p}_bw", (half, half, 1, 1))], [f"{p}_b"]))
         nodes.append(helper.make_node("Relu", [f"{p}_b"], [f"{p}_br"]))
         nodes.append(helper.make_node("Concat", [f"{p}_l", f"{p}_br"], [f"{p}_c"], axis=1))
         nodes.append(helper.make_node("Reshape", [f"{p}_c", "grouped"], [f"{p}_g"]))

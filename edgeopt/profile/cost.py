@@ -131,9 +131,7 @@ def layer_cost(device: Device, *, op_class: str, macs: int | None, ops: int | No
     cls = cost_class or op_class
     if op_class == DATA and fits:
         effective_ops = ops + sum(a.numel or 0 for a in acts) // 2  # a copy: ~one op per element moved
-    if op_class == DATA:
-        cls = DATA  # its own efficiency (a strided copy), falling back to the element-wise one
-    elif op_class == QDQ:
+    if op_class == QDQ:  # a data layer keeps its own class: "data" (Device.efficiency_for falls back)
         cls = ELEMENTWISE
     peak = device.peak_ops_per_s(p)
     compute_s = (effective_ops * slowdown / (peak * device.efficiency_for(cls) * max(utilization, 1e-3))

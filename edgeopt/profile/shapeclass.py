@@ -32,7 +32,8 @@ import math
 
 import onnx
 
-CONV_CLASSES = ("conv3x3", "pointwise", "grouped")  # refinements of "conv"; efficiency falls back to conv
+from edgeopt.devices.model import CONV_CLASSES  # refinements of "conv"; efficiency falls back to conv
+
 DENSE_CLASSES = ("conv",) + CONV_CLASSES  # the GEMM-like conv classes
 
 
